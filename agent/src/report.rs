@@ -1,0 +1,103 @@
+//! The agent's wire format: one JSON object per `GET /load`.
+//!
+//! Defined once here and used by both the agent (which serializes it) and the
+//! balancer (which deserializes and validates it), so the two cannot drift.
+
+use serde::{Deserialize, Serialize};
+
+/// One load report about the host (or the cgroup) the agent runs in.
+///
+/// `cpu` and `memory` are required; every other field is optional on the
+/// wire so that a balancer accepts reports from older or leaner agents, and
+/// unknown fields are ignored so that newer agents can add fields.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Fraction (0.0..=1.0) of the CPU available to the host or cgroup that
+    /// was busy over the last sampling window.
+    pub cpu: f64,
+    /// Fraction (0.0..=1.0) of the memory available to the host or cgroup
+    /// that is in use.
+    pub memory: f64,
+    /// CPUs available: the host's count, or the cgroup quota rounded up.
+    #[serde(default)]
+    pub cores: u32,
+    /// The host's one-minute load average (not cgroup-aware; informative).
+    #[serde(default)]
+    pub load1: f64,
+    /// Memory available: the host's total, or the cgroup limit.
+    #[serde(default)]
+    pub mem_total_bytes: u64,
+    /// Memory in use, in the same scope as `mem_total_bytes`.
+    #[serde(default)]
+    pub mem_used_bytes: u64,
+}
+
+/// Why a report was rejected by [`LoadReport::parse`].
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReportError {
+    /// Not JSON, or `cpu`/`memory` missing or not numbers.
+    #[error("not a load report: {0}")]
+    Malformed(String),
+    /// `cpu` or `memory` outside 0..=1 (or NaN).
+    #[error("{field} = {value} is outside 0..1")]
+    OutOfRange {
+        /// The offending field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+}
+
+impl LoadReport {
+    /// Parses and validates a report as the balancer must: a body that is not
+    /// JSON, lacks `cpu` or `memory`, or has them outside 0..1 is an error.
+    pub fn parse(body: &[u8]) -> Result<Self, ReportError> {
+        let report: LoadReport =
+            serde_json::from_slice(body).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        for (field, value) in [("cpu", report.cpu), ("memory", report.memory)] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ReportError::OutOfRange { field, value });
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let r = LoadReport::parse(
+            br#"{"cpu": 0.42, "memory": 0.63, "cores": 2, "load1": 0.80,
+                 "mem_total_bytes": 25000000000, "mem_used_bytes": 15750000000}"#,
+        )
+        .unwrap();
+        assert_eq!(r.cpu, 0.42);
+        assert_eq!(r.memory, 0.63);
+        assert_eq!(r.cores, 2);
+        assert_eq!(r.mem_total_bytes, 25_000_000_000);
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_defaults_optional_ones() {
+        let r = LoadReport::parse(br#"{"cpu": 0, "memory": 1, "disk": 0.5}"#).unwrap();
+        assert_eq!((r.cpu, r.memory, r.cores), (0.0, 1.0, 0));
+    }
+
+    #[test]
+    fn rejects_what_the_contract_calls_a_failed_poll() {
+        for body in [
+            &b"not json"[..],
+            br#"{"memory": 0.5}"#,
+            br#"{"cpu": 0.5}"#,
+            br#"{"cpu": "0.5", "memory": 0.5}"#,
+            br#"{"cpu": 1.5, "memory": 0.5}"#,
+            br#"{"cpu": 0.5, "memory": -0.1}"#,
+            b"",
+        ] {
+            assert!(LoadReport::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+}
