@@ -97,7 +97,11 @@ mod tests {
             br#"{"cpu": 0.5, "memory": -0.1}"#,
             b"",
         ] {
-            assert!(LoadReport::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                LoadReport::parse(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }
