@@ -1,1 +1,108 @@
-//! placeholder
+//! An HTTP load balancer that routes on real host load.
+//!
+//! Module map, following one request:
+//!
+//! - [`config`]: `lb.toml` → a validated, typed [`Config`].
+//! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
+//!   timeouts, graceful drain.
+//! - [`proxy`]: one request: pick, rewrite, forward, retry, respond.
+//! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
+//!   reload; [`backend`]: one backend's atomics and health counter.
+//! - [`select`]: the strategies, pure functions over a snapshot.
+//! - [`health`]: active probes; [`agent_poll`]: load reports from agents.
+//! - [`compress`]: the compression decision and streaming encoders.
+//! - [`error`]: proxy errors and their status codes.
+//! - [`admin`]: status page, JSON, metrics and health on their own listener.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agent_poll;
+pub mod backend;
+pub mod compress;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod pool;
+pub mod proxy;
+pub mod select;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError};
+
+/// A running balancer: its backend pool and monitors. Cheap to clone; the
+/// monitors stop once the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    pool: Arc<pool::Pool>,
+}
+
+impl Balancer {
+    /// Starts health probes and agent polls for `config`'s backends.
+    /// Must be called inside a tokio runtime.
+    pub fn start(config: Config) -> Balancer {
+        Balancer {
+            pool: pool::Pool::start(config),
+        }
+    }
+
+    /// Applies a new configuration: backends present in both keep their
+    /// health, load and counters; new ones start up; removed ones stop
+    /// receiving requests (those in flight finish). The listen addresses
+    /// are bound once and a change to them needs a restart.
+    pub fn reload(&self, config: Config) {
+        let old = self.pool.snapshot();
+        if old.config.listen != config.listen || old.config.admin.listen != config.admin.listen {
+            tracing::warn!("listen addresses cannot change on reload; restart to apply them");
+        }
+        self.pool.reload(config);
+        let snap = self.pool.snapshot();
+        tracing::info!(
+            "configuration reloaded: {} backend(s), strategy {}",
+            snap.backends.len(),
+            snap.config.balance.strategy.name()
+        );
+    }
+
+    /// The pool, for the admin view and tests.
+    pub fn pool(&self) -> &Arc<pool::Pool> {
+        &self.pool
+    }
+
+    /// Serves clients on `listener` and the admin endpoints on `admin`
+    /// until `shutdown` resolves; then stops accepting, lets in-flight
+    /// requests finish (up to `timeouts.drain`) and returns.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(());
+        let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&self.pool), async move {
+            let mut rx = admin_stopped;
+            let _ = rx.changed().await;
+        }));
+        server::serve(listener, Arc::clone(&self.pool), shutdown).await;
+        let _ = stop_admin.send(());
+        let _ = admin_task.await;
+    }
+}
+
+/// Runs a balancer for `config` on the given listeners until `shutdown`
+/// resolves (the whole program, minus signal handling and binding).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    Balancer::start(config)
+        .serve(listener, admin, shutdown)
+        .await;
+}

@@ -1,1 +1,114 @@
-fn main() {}
+//! `balancer`: the command line around [`balancer::Balancer`].
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use balancer::{Balancer, Config};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// An HTTP load balancer that routes on real host load.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file.
+    #[arg(short, long, value_name = "PATH", default_value = "lb.toml")]
+    config: PathBuf,
+    /// Validate the configuration, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<std::num::NonZeroUsize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("balancer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: configuration ok\n{}",
+            args.config.display(),
+            config.summary()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.get());
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("balancer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args.config, config))
+}
+
+async fn serve(path: PathBuf, config: Config) -> ExitCode {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| eprintln!("balancer: cannot listen on {addr}: {e}"))
+    };
+    let Ok(listener) = bind(config.listen).await else {
+        return ExitCode::FAILURE;
+    };
+    let Ok(admin) = bind(config.admin.listen).await else {
+        return ExitCode::FAILURE;
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("balancer: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+
+    tracing::info!(
+        "listening on {} (admin on {}), {} backend(s), strategy {}",
+        config.listen,
+        config.admin.listen,
+        config.backends.len(),
+        config.balance.strategy.name()
+    );
+    let balancer = Balancer::start(config);
+    let shutdown = async {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    let serving = balancer.serve(listener, admin, shutdown);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            () = &mut serving => return ExitCode::SUCCESS,
+            _ = hup.recv() => match Config::load(&path) {
+                Ok(config) => balancer.reload(config),
+                Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+            },
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The admin listener: `/healthz`, `/status.json`, `/status` (a live HTML
+//! page) and `/metrics` (Prometheus text), served apart from client traffic
+//! so that a flood of clients never hides the balancer's own state.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::pool::Pool;
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let pool = Arc::clone(&pool);
+                async move { Ok::<_, Infallible>(route(&pool, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/status.json" => body(
+            "application/json",
+            serde_json::to_vec_pretty(&status(pool)).unwrap_or_default(),
+        ),
+        "/status" | "/" => body("text/html; charset=utf-8", STATUS_PAGE.as_bytes().to_vec()),
+        "/metrics" => body("text/plain; version=0.0.4", metrics(pool).into_bytes()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /status, /status.json, /metrics or /healthz\n",
+        ),
+    }
+}
+
+/// The state of every backend, as `/status.json` shows it.
+pub fn status(pool: &Pool) -> serde_json::Value {
+    let snap = pool.snapshot();
+    let now = tokio::time::Instant::now();
+    let backends: Vec<_> = snap
+        .backends
+        .iter()
+        .map(|b| {
+            let stats = b.stats();
+            let load = b.load();
+            json!({
+                "addr": b.addr.to_string(),
+                "agent": b.agent.to_string(),
+                "weight": b.weight,
+                "healthy": b.is_up(),
+                "cpu": load.as_ref().map(|l| l.report.cpu),
+                "memory": load.as_ref().map(|l| l.report.memory),
+                "cores": load.as_ref().map(|l| l.report.cores),
+                "load_age_ms": load.as_ref().map(|l| now.saturating_duration_since(l.at).as_millis() as u64),
+                "in_flight": stats.in_flight,
+                "requests": stats.requests,
+                "errors": stats.errors,
+                "last_error": stats.last_error.as_ref().map(|e| e.message.clone()),
+                "last_error_at": stats.last_error.as_ref().and_then(|e| e.at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    json!({
+        "strategy": snap.config.balance.strategy.name(),
+        "listen": snap.config.listen.to_string(),
+        "backends": backends,
+    })
+}
+
+fn metrics(pool: &Pool) -> String {
+    let snap = pool.snapshot();
+    let mut out = String::new();
+    let series: [(&str, &str, &str); 7] = [
+        ("lb_backend_up", "gauge", "1 if the backend is healthy"),
+        ("lb_backend_in_flight", "gauge", "requests in flight"),
+        ("lb_backend_requests_total", "counter", "requests sent"),
+        ("lb_backend_errors_total", "counter", "failed attempts"),
+        ("lb_backend_cpu", "gauge", "agent-reported CPU fraction"),
+        (
+            "lb_backend_memory",
+            "gauge",
+            "agent-reported memory fraction",
+        ),
+        ("lb_backend_weight", "gauge", "configured weight"),
+    ];
+    for (name, kind, help) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for b in &snap.backends {
+            let stats = b.stats();
+            let load = b.load();
+            let value = match name {
+                "lb_backend_up" => Some(f64::from(u8::from(b.is_up()))),
+                "lb_backend_in_flight" => Some(f64::from(stats.in_flight)),
+                "lb_backend_requests_total" => Some(stats.requests as f64),
+                "lb_backend_errors_total" => Some(stats.errors as f64),
+                "lb_backend_cpu" => load.as_ref().map(|l| l.report.cpu),
+                "lb_backend_memory" => load.as_ref().map(|l| l.report.memory),
+                _ => Some(f64::from(b.weight)),
+            };
+            if let Some(v) = value {
+                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
+            }
+        }
+    }
+    out
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn body(content_type: &'static str, bytes: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+const STATUS_PAGE: &str = include_str!("status.html");

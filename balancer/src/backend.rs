@@ -1,0 +1,417 @@
+//! One backend: its address, health state machine, latest load report and
+//! the per-request counters, all readable without a lock.
+//!
+//! Everything the request path touches is an atomic or an `ArcSwap`: the
+//! health word, the in-flight and dispatch counters, and the load sample
+//! (replaced whole by the agent poller, read with one lock-free load).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use agent::LoadReport;
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
+
+use crate::config::BackendConfig;
+use crate::select::{LoadView, View};
+
+/// One backend server and everything the balancer knows about it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where requests go.
+    pub addr: SocketAddr,
+    /// Where its host's agent answers `GET /load`.
+    pub agent: SocketAddr,
+    /// Relative capacity.
+    pub weight: u32,
+    /// `addr` as a URI authority, built once so requests need not format it.
+    pub authority: http::uri::Authority,
+    /// Health: bit 31 is "up", the low bits HAProxy's check counter.
+    health: AtomicU32,
+    /// Requests currently being served (until the response body ends).
+    in_flight: AtomicU32,
+    /// Requests sent since the last load report: what the report cannot
+    /// know about yet.
+    dispatched: AtomicU64,
+    /// Requests sent, ever (for the admin view and rates).
+    requests: AtomicU64,
+    /// Failed attempts (connect errors, timeouts, protocol errors), ever.
+    errors: AtomicU64,
+    /// Moving average of request durations (send to last body byte), in
+    /// seconds, as `f64` bits: the upper bound on a request's CPU cost.
+    latency: AtomicU64,
+    /// The latest good load report, or `None` while the load is unknown.
+    load: ArcSwapOption<LoadSample>,
+    /// The latest error, for the status page.
+    last_error: ArcSwapOption<ErrorNote>,
+}
+
+/// A load report and what the balancer derived from it when it arrived.
+#[derive(Debug, Clone)]
+pub struct LoadSample {
+    /// The agent's report, as received.
+    pub report: LoadReport,
+    /// When it arrived.
+    pub at: Instant,
+    /// Requests per second this balancer sent to the backend during the
+    /// period the report covers.
+    pub rate: f64,
+}
+
+/// The last error seen on a backend, for operators.
+#[derive(Debug, Clone)]
+pub struct ErrorNote {
+    /// What happened, one line.
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+const UP: u32 = 1 << 31;
+
+/// What a health result changed, so callers log transitions and only those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The backend went from up to down.
+    WentDown,
+    /// The backend went from down to up.
+    WentUp,
+}
+
+impl Backend {
+    /// A backend that counts as fully up, as the contract demands at start:
+    /// `fall` failed probes in a row are needed to take it down.
+    pub fn new(cfg: &BackendConfig, rise: u32, fall: u32) -> Backend {
+        Backend {
+            addr: cfg.addr,
+            agent: cfg.agent,
+            weight: cfg.weight,
+            authority: cfg
+                .addr
+                .to_string()
+                .parse()
+                .expect("a socket address is a valid authority"),
+            health: AtomicU32::new(UP | (rise + fall - 1)),
+            in_flight: AtomicU32::new(0),
+            dispatched: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: AtomicU64::new(0),
+            load: ArcSwapOption::empty(),
+            last_error: ArcSwapOption::empty(),
+        }
+    }
+
+    /// A replacement for `old` with a new agent address or weight, carrying
+    /// over its health, load and counters so that a reload is invisible.
+    pub fn succeed(old: &Backend, cfg: &BackendConfig) -> Backend {
+        let b = Backend {
+            health: AtomicU32::new(old.health.load(Relaxed)),
+            requests: AtomicU64::new(old.requests.load(Relaxed)),
+            errors: AtomicU64::new(old.errors.load(Relaxed)),
+            latency: AtomicU64::new(old.latency.load(Relaxed)),
+            ..Backend::new(cfg, 1, 1)
+        };
+        if cfg.agent == old.agent {
+            b.load.store(old.load.load_full());
+        }
+        b.last_error.store(old.last_error.load_full());
+        b
+    }
+
+    /// Whether new requests may be sent here.
+    pub fn is_up(&self) -> bool {
+        self.health.load(Relaxed) & UP != 0
+    }
+
+    /// Applies one active probe result with HAProxy's counter semantics
+    /// (`check.c`): the counter lives in `0..rise+fall`, the backend is up
+    /// while it is at least `rise`, a success from down climbs towards
+    /// `rise` and snaps to fully up on reaching it, a failure from up
+    /// descends towards `rise` and snaps to 0 below it. So exactly `fall`
+    /// failures in a row take a fully-up backend down, exactly `rise`
+    /// successes in a row bring it back, and any interruption resets.
+    pub fn record_probe(&self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        let step = |word| Some(health_step(word, ok, rise, fall));
+        let prev = self
+            .health
+            .fetch_update(Relaxed, Relaxed, step)
+            .expect("the step always returns Some");
+        transition(prev & UP != 0, health_step(prev, ok, rise, fall) & UP != 0)
+    }
+
+    /// Passive marking: a refused connection takes the backend down at once
+    /// (the counter drops to 0, so `rise` good probes are needed again).
+    pub fn mark_down(&self) -> Option<Transition> {
+        let prev = self.health.swap(0, Relaxed);
+        transition(prev & UP != 0, false)
+    }
+
+    /// Counts a request as sent here; the returned guard keeps it in flight
+    /// until dropped (the proxy drops it when the response body ends).
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.dispatched.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        InFlight {
+            backend: Arc::clone(self),
+            start: Instant::now(),
+        }
+    }
+
+    /// Folds one request's duration into the moving average. Concurrent
+    /// updates may lose a sample; an average does not mind.
+    fn record_latency(&self, secs: f64) {
+        let old = f64::from_bits(self.latency.load(Relaxed));
+        let new = if old == 0.0 {
+            secs
+        } else {
+            0.9 * old + 0.1 * secs
+        };
+        self.latency.store(new.to_bits(), Relaxed);
+    }
+
+    /// Records a failed attempt.
+    pub fn record_error(&self, message: String) {
+        self.errors.fetch_add(1, Relaxed);
+        self.last_error.store(Some(Arc::new(ErrorNote {
+            message,
+            at: SystemTime::now(),
+        })));
+    }
+
+    /// Stores a fresh load report; the count of requests dispatched since
+    /// the previous one becomes its rate and restarts at 0.
+    pub fn store_load(&self, report: LoadReport, at: Instant) {
+        let sent = self.dispatched.swap(0, Relaxed);
+        let rate = match self.load.load().as_deref() {
+            Some(p) => sent as f64 / at.saturating_duration_since(p.at).as_secs_f64().max(1e-3),
+            None => 0.0,
+        };
+        self.load
+            .store(Some(Arc::new(LoadSample { report, at, rate })));
+    }
+
+    /// Forgets the load report: the load is unknown until the next good poll.
+    pub fn clear_load(&self) {
+        self.load.store(None);
+        self.dispatched.store(0, Relaxed);
+    }
+
+    /// The latest load sample, if any.
+    pub fn load(&self) -> Option<Arc<LoadSample>> {
+        self.load.load_full()
+    }
+
+    /// What the selection strategies see of this backend at `now`.
+    pub fn view(&self, now: Instant) -> View {
+        let guard = self.load.load();
+        View {
+            up: self.is_up(),
+            weight: self.weight,
+            in_flight: self.in_flight.load(Relaxed),
+            load: guard.as_deref().map(|s| LoadView {
+                util: utilization(&s.report),
+                age: now.saturating_duration_since(s.at),
+                rate: s.rate,
+                // A request keeps at most one core busy for its duration.
+                cost: f64::from_bits(self.latency.load(Relaxed)) / f64::from(s.report.cores.max(1)),
+                dispatched: self.dispatched.load(Relaxed),
+            }),
+        }
+    }
+
+    /// Counters for the admin endpoints.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            in_flight: self.in_flight.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            last_error: self.last_error.load_full(),
+        }
+    }
+}
+
+/// A snapshot of a backend's counters.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Requests sent, ever.
+    pub requests: u64,
+    /// Failed attempts, ever.
+    pub errors: u64,
+    /// The latest error.
+    pub last_error: Option<Arc<ErrorNote>>,
+}
+
+/// One step of the health counter (see [`Backend::record_probe`]).
+fn health_step(word: u32, ok: bool, rise: u32, fall: u32) -> u32 {
+    let top = rise + fall - 1;
+    let mut h = (word & !UP).min(top);
+    if ok {
+        if h < top {
+            h += 1;
+            if h >= rise {
+                h = top;
+            }
+        }
+    } else if h > 0 {
+        h -= 1;
+        if h < rise {
+            h = 0;
+        }
+    }
+    if h >= rise {
+        UP | h
+    } else {
+        h
+    }
+}
+
+fn transition(was_up: bool, is_up: bool) -> Option<Transition> {
+    match (was_up, is_up) {
+        (true, false) => Some(Transition::WentDown),
+        (false, true) => Some(Transition::WentUp),
+        _ => None,
+    }
+}
+
+/// One number for a report: CPU, unless memory is nearly exhausted.
+///
+/// Memory in use says little about load until it runs out (caches fill
+/// memory on healthy hosts), but near the limit a host swaps or gets
+/// OOM-killed, so from 90 % up memory pressure ramps to count as a fully
+/// busy host at 100 %.
+pub fn utilization(r: &LoadReport) -> f64 {
+    let memory_pressure = ((r.memory - 0.9) / 0.1).clamp(0.0, 1.0);
+    r.cpu.max(memory_pressure).clamp(0.0, 1.0)
+}
+
+/// Keeps a request counted as in flight on its backend until dropped.
+/// Dropping it also records how long the request took.
+#[derive(Debug)]
+pub struct InFlight {
+    backend: Arc<Backend>,
+    start: Instant,
+}
+
+impl InFlight {
+    /// The backend this request went to.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Relaxed);
+        self.backend
+            .record_latency(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(rise: u32, fall: u32) -> Backend {
+        Backend::new(
+            &BackendConfig {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                agent: "127.0.0.1:2".parse().unwrap(),
+                weight: 1,
+            },
+            rise,
+            fall,
+        )
+    }
+
+    /// Feeds probe results ("+" ok, "-" failed) and returns the up/down
+    /// state after each, as a string of "U"/"D".
+    fn run(b: &Backend, rise: u32, fall: u32, seq: &str) -> String {
+        seq.chars()
+            .map(|c| {
+                b.record_probe(c == '+', rise, fall);
+                if b.is_up() {
+                    'U'
+                } else {
+                    'D'
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rise_and_fall_count_strictly_consecutive_results() {
+        // (rise, fall, probes, expected states)
+        let table = [
+            (2, 2, "-", "U"),           // starts fully up: one failure is not enough
+            (2, 2, "--", "UD"),         // fall = 2
+            (2, 3, "---", "UUD"),       // fall = 3
+            (2, 2, "-+-+-+", "UUUUUU"), // interrupted failures never take it down
+            (2, 2, "--+", "UDD"),       // one success is not rise
+            (2, 2, "--++", "UDDU"),     // rise = 2
+            (3, 2, "--+++", "UDDDU"),   // rise = 3
+            (2, 2, "--+-+", "UDDDD"),   // interrupted successes reset
+            (2, 2, "--++-", "UDDUU"),   // back up means fully up: fall again needed
+            (1, 1, "-+-+", "DUDU"),     // the most eager settings
+        ];
+        for (rise, fall, seq, want) in table {
+            let b = backend(rise, fall);
+            assert_eq!(
+                run(&b, rise, fall, seq),
+                want,
+                "rise {rise} fall {fall} {seq}"
+            );
+        }
+    }
+
+    #[test]
+    fn transitions_are_reported_once() {
+        let b = backend(2, 2);
+        assert_eq!(b.record_probe(false, 2, 2), None);
+        assert_eq!(b.record_probe(false, 2, 2), Some(Transition::WentDown));
+        assert_eq!(b.record_probe(false, 2, 2), None);
+        assert_eq!(b.record_probe(true, 2, 2), None);
+        assert_eq!(b.record_probe(true, 2, 2), Some(Transition::WentUp));
+        assert_eq!(b.record_probe(true, 2, 2), None);
+    }
+
+    #[test]
+    fn a_refused_connection_takes_it_down_at_once_and_rise_brings_it_back() {
+        let b = backend(2, 3);
+        assert_eq!(b.mark_down(), Some(Transition::WentDown));
+        assert_eq!(b.mark_down(), None);
+        assert_eq!(run(&b, 2, 3, "++"), "DU");
+    }
+
+    #[test]
+    fn the_in_flight_guard_counts_until_dropped() {
+        let b = Arc::new(backend(2, 2));
+        let g1 = b.start_request();
+        let g2 = b.start_request();
+        assert_eq!(b.stats().in_flight, 2);
+        drop(g1);
+        assert_eq!(b.stats().in_flight, 1);
+        drop(g2);
+        assert_eq!((b.stats().in_flight, b.stats().requests), (0, 2));
+    }
+
+    #[test]
+    fn memory_counts_only_near_exhaustion() {
+        let r = |cpu, memory| LoadReport {
+            cpu,
+            memory,
+            cores: 2,
+            load1: 0.0,
+            mem_total_bytes: 0,
+            mem_used_bytes: 0,
+        };
+        assert_eq!(utilization(&r(0.3, 0.8)), 0.3);
+        assert!((utilization(&r(0.3, 0.95)) - 0.5).abs() < 1e-9);
+        assert!((utilization(&r(0.3, 1.0)) - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,655 @@
+//! `lb.toml`: the raw file structs, their validation into a typed [`Config`],
+//! and [`ConfigError`], which names the file, line, column and key.
+//!
+//! Parsing happens in two stages, after sozu: serde reads the file into
+//! `Raw*` structs that refuse unknown keys and keep every value's position
+//! ([`Spanned`]); [`validate`] then turns them into typed values
+//! (`SocketAddr`, `Duration`, enums), so nothing downstream ever looks at a
+//! string again, and every error can point at the exact place in the file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::compress;
+
+/// The whole validated configuration. Cheap to clone: reloads build a new
+/// one and swap it in whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The backends, in file order (never empty, no duplicates).
+    pub backends: Vec<BackendConfig>,
+    /// How a backend is chosen.
+    pub balance: Balance,
+    /// Active health probes.
+    pub health: Health,
+    /// Polling of the load agents.
+    pub agent: AgentPoll,
+    /// Response compression.
+    pub compression: compress::Settings,
+    /// Client- and backend-side time limits.
+    pub timeouts: Timeouts,
+    /// The admin listener.
+    pub admin: Admin,
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Where requests are sent.
+    pub addr: SocketAddr,
+    /// Where its host's agent answers `GET /load`.
+    pub agent: SocketAddr,
+    /// Relative capacity: a weight-2 backend is meant to take twice the
+    /// traffic of a weight-1 one under every strategy.
+    pub weight: u32,
+}
+
+/// `[balance]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    /// The selection policy.
+    pub strategy: Strategy,
+    /// How many more backends a failed request may be tried on (extension;
+    /// default 2, so at most three attempts, like HAProxy's `retries 3`).
+    pub retries: u32,
+}
+
+/// The selection policies users can name in `[balance] strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Lowest combined agent-load and in-flight score (see `select`).
+    LeastLoaded,
+    /// Weighted round robin.
+    RoundRobin,
+    /// Fewest requests in flight per unit of weight.
+    LeastConnections,
+    /// Uniformly random, weighted.
+    Random,
+}
+
+impl Strategy {
+    const NAMES: &'static str = "least-loaded, round-robin, least-connections, random";
+
+    /// The name used in `lb.toml` and in the admin endpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::LeastLoaded => "least-loaded",
+            Strategy::RoundRobin => "round-robin",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::Random => "random",
+        }
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "least-loaded" => Strategy::LeastLoaded,
+            "round-robin" => Strategy::RoundRobin,
+            "least-connections" => Strategy::LeastConnections,
+            "random" => Strategy::Random,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// `[health]`: the active HTTP probe of each backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Path probed with `GET`; any 2xx or 3xx answer is a success.
+    pub path: String,
+    /// Time between the end of one probe and the start of the next.
+    pub interval: Duration,
+    /// A probe slower than this failed.
+    pub timeout: Duration,
+    /// Consecutive failures before a backend is down.
+    pub fall: u32,
+    /// Consecutive successes before a down backend is up again.
+    pub rise: u32,
+}
+
+/// `[agent]`: polling of the load agent on each backend host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentPoll {
+    /// Agent port used when a backend does not name its agent.
+    pub port: u16,
+    /// Time between polls (jittered by a few percent).
+    pub interval: Duration,
+    /// A poll slower than this failed.
+    pub timeout: Duration,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend.
+    pub connect: Duration,
+    /// From sending a request to receiving the whole backend response head.
+    pub request: Duration,
+    /// A client connection with no bytes moving either way is closed.
+    pub idle: Duration,
+    /// A client must send a whole request head within this (slowloris
+    /// guard; extension, default 10 s).
+    pub header: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish
+    /// (extension, default 10 s).
+    pub drain: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    /// Where the status page, JSON and metrics are served.
+    pub listen: SocketAddr,
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", render_invalid(.path, *.at, .message, .line_text.as_deref()))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line and column, when known.
+        at: Option<(usize, usize)>,
+        /// What is wrong, naming the key and the valid values.
+        message: String,
+        /// The offending line of the file, shown under the message.
+        line_text: Option<String>,
+    },
+}
+
+fn render_invalid(
+    path: &Path,
+    at: Option<(usize, usize)>,
+    message: &str,
+    line_text: Option<&str>,
+) -> String {
+    match (at, line_text) {
+        (Some((line, col)), Some(text)) => format!(
+            "{}:{line}:{col}: {message}\n{line:>5} | {text}",
+            path.display()
+        ),
+        (Some((line, col)), None) => format!("{}:{line}:{col}: {message}", path.display()),
+        _ => format!("{}: {message}", path.display()),
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let at = span.map(|s| line_col(text, s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                at,
+                message,
+                line_text: at
+                    .and_then(|(l, _)| text.lines().nth(l - 1))
+                    .map(str::to_owned),
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| invalid(e.span(), e.message().trim_end().to_owned()))?;
+        validate(raw).map_err(|e| invalid(Some(e.span), e.message))
+    }
+
+    /// A short human summary, printed by `balancer --check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "listen {}, admin {}", self.listen, self.admin.listen);
+        let _ = writeln!(
+            s,
+            "strategy {}, {} backend(s):",
+            self.balance.strategy.name(),
+            self.backends.len()
+        );
+        for b in &self.backends {
+            let _ = writeln!(s, "  {} (agent {}, weight {})", b.addr, b.agent, b.weight);
+        }
+        let h = &self.health;
+        let _ = writeln!(
+            s,
+            "health GET {} every {}, timeout {}, fall {}, rise {}",
+            h.path,
+            humantime::format_duration(h.interval),
+            humantime::format_duration(h.timeout),
+            h.fall,
+            h.rise
+        );
+        let c = &self.compression;
+        let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
+        let _ = write!(
+            s,
+            "compression [{}] level {}, min_size {}",
+            encodings.join(", "),
+            c.level,
+            c.min_size
+        );
+        s
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let (mut line, mut col) = (1, 1);
+    for (i, c) in text.char_indices() {
+        if i >= offset {
+            break;
+        }
+        if c == '\n' {
+            (line, col) = (line + 1, 1);
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------
+// Stage 1: the file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Spanned<String>,
+    backends: Spanned<Vec<Spanned<RawBackend>>>,
+    #[serde(default)]
+    balance: RawBalance,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    compression: RawCompression,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
+struct RawBackend {
+    addr: Spanned<String>,
+    agent: Option<Spanned<String>>,
+    weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTable {
+    addr: Spanned<String>,
+    agent: Option<Spanned<String>>,
+    weight: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a backend as "IP:port" or { addr = "IP:port", agent = "IP:port", weight = N }"#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawBackend, E> {
+                // A plain string has no span of its own here; the caller's
+                // `Spanned<RawBackend>` carries it, so use an empty one.
+                Ok(RawBackend {
+                    addr: Spanned::new(0..0, s.to_owned()),
+                    agent: None,
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
+                let t = RawBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawBackend {
+                    addr: t.addr,
+                    agent: t.agent,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    strategy: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    fall: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    port: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    gzip: Option<bool>,
+    level: Option<Spanned<i64>>,
+    min_size: Option<Spanned<i64>>,
+    types: Option<Vec<Spanned<String>>>,
+    encodings: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Spanned<String>>,
+    request: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    header: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------
+// Stage 2: typed values.
+
+/// A validation error before it is given a file and a line.
+struct SpanError {
+    span: Range<usize>,
+    message: String,
+}
+
+type Check<T> = Result<T, SpanError>;
+
+fn err<T>(span: Range<usize>, message: String) -> Check<T> {
+    Err(SpanError { span, message })
+}
+
+/// The contract's default compressible types.
+pub const DEFAULT_TYPES: &[&str] = &[
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "image/svg+xml",
+];
+
+fn validate(raw: RawConfig) -> Check<Config> {
+    let listen = addr("listen", &raw.listen)?;
+
+    let agent = AgentPoll {
+        port: int_in(&raw.agent.port, "[agent] port", 9100, 1..=65535)? as u16,
+        interval: duration(&raw.agent.interval, "[agent] interval", "1s")?,
+        timeout: duration(&raw.agent.timeout, "[agent] timeout", "500ms")?,
+    };
+
+    let list_span = raw.backends.span();
+    let entries = raw.backends.into_inner();
+    if entries.is_empty() {
+        return err(
+            list_span,
+            "backends: the list is empty; name at least one backend as \"IP:port\"".into(),
+        );
+    }
+    let mut backends = Vec::with_capacity(entries.len());
+    let mut seen = HashSet::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let entry_span = entry.span();
+        let b = entry.into_inner();
+        let key = format!("backends[{i}]");
+        // A plain-string entry has an empty span: point at the entry itself.
+        let addr_spanned = if b.addr.span().is_empty() {
+            Spanned::new(entry_span.clone(), b.addr.into_inner())
+        } else {
+            b.addr
+        };
+        let a = addr(&key, &addr_spanned)?;
+        if !seen.insert(a) {
+            return err(entry_span, format!("{key}: {a} is listed twice"));
+        }
+        let agent_addr = match &b.agent {
+            Some(s) => addr(&format!("{key} agent"), s)?,
+            None => SocketAddr::new(a.ip(), agent.port),
+        };
+        let weight = int_in(&b.weight, &format!("{key} weight"), 1, 1..=1000)? as u32;
+        backends.push(BackendConfig {
+            addr: a,
+            agent: agent_addr,
+            weight,
+        });
+    }
+
+    let strategy = match &raw.balance.strategy {
+        None => Strategy::LeastLoaded,
+        Some(s) => s.get_ref().parse().or_else(|()| {
+            err(
+                s.span(),
+                format!(
+                    "[balance] strategy: unknown strategy {:?}; valid: {}",
+                    s.get_ref(),
+                    Strategy::NAMES
+                ),
+            )
+        })?,
+    };
+    let balance = Balance {
+        strategy,
+        retries: int_in(&raw.balance.retries, "[balance] retries", 2, 0..=10)? as u32,
+    };
+
+    let health = Health {
+        path: match &raw.health.path {
+            None => "/health".into(),
+            Some(p)
+                if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                return err(
+                    p.span(),
+                    format!(
+                        "[health] path: {:?} must be an absolute path such as \"/health\"",
+                        p.get_ref()
+                    ),
+                )
+            }
+        },
+        interval: duration(&raw.health.interval, "[health] interval", "1s")?,
+        timeout: duration(&raw.health.timeout, "[health] timeout", "500ms")?,
+        fall: int_in(&raw.health.fall, "[health] fall", 2, 1..=1000)? as u32,
+        rise: int_in(&raw.health.rise, "[health] rise", 2, 1..=1000)? as u32,
+    };
+
+    let compression = compression(raw.compression)?;
+
+    let timeouts = Timeouts {
+        connect: duration(&raw.timeouts.connect, "[timeouts] connect", "1s")?,
+        request: duration(&raw.timeouts.request, "[timeouts] request", "30s")?,
+        idle: duration(&raw.timeouts.idle, "[timeouts] idle", "60s")?,
+        header: duration(&raw.timeouts.header, "[timeouts] header", "10s")?,
+        drain: duration(&raw.timeouts.drain, "[timeouts] drain", "10s")?,
+    };
+
+    let admin = Admin {
+        listen: match &raw.admin.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 9000)),
+            Some(s) => addr("[admin] listen", s)?,
+        },
+    };
+
+    Ok(Config {
+        listen,
+        backends,
+        balance,
+        health,
+        agent,
+        compression,
+        timeouts,
+        admin,
+    })
+}
+
+fn compression(raw: RawCompression) -> Check<compress::Settings> {
+    let level = int_in(&raw.level, "[compression] level", 6, 1..=9)? as u32;
+    let min_size = int_in(&raw.min_size, "[compression] min_size", 1024, 0..=i64::MAX)? as u64;
+    let types = match raw.types {
+        None => DEFAULT_TYPES
+            .iter()
+            .map(|t| t.parse().expect("default types are valid"))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|t| {
+                t.get_ref().parse::<compress::TypePattern>().or_else(|e| {
+                    err(
+                        t.span(),
+                        format!("[compression] types: {:?}: {e}", t.get_ref()),
+                    )
+                })
+            })
+            .collect::<Check<Vec<_>>>()?,
+    };
+    let mut encodings = Vec::new();
+    match raw.encodings {
+        None => encodings.push(compress::Encoding::Gzip),
+        Some(list) => {
+            for e in &list {
+                let enc = match e.get_ref().as_str() {
+                    "gzip" => compress::Encoding::Gzip,
+                    "br" => compress::Encoding::Br,
+                    "zstd" => compress::Encoding::Zstd,
+                    other => {
+                        return err(
+                            e.span(),
+                            format!(
+                                "[compression] encodings: unknown encoding {other:?}; valid: gzip, br, zstd"
+                            ),
+                        )
+                    }
+                };
+                if encodings.contains(&enc) {
+                    return err(
+                        e.span(),
+                        format!(
+                            "[compression] encodings: {other:?} is listed twice",
+                            other = e.get_ref()
+                        ),
+                    );
+                }
+                encodings.push(enc);
+            }
+        }
+    }
+    // `gzip = false` is the contract's switch; it removes gzip whatever the
+    // encodings list says.
+    if raw.gzip == Some(false) {
+        encodings.retain(|e| *e != compress::Encoding::Gzip);
+    }
+    Ok(compress::Settings {
+        encodings,
+        level,
+        min_size,
+        types,
+    })
+}
+
+fn addr(key: &str, s: &Spanned<String>) -> Check<SocketAddr> {
+    s.get_ref().parse().or_else(|_| {
+        err(
+            s.span(),
+            format!(
+                "{key}: {:?} is not an IP:port address (such as \"10.0.0.11:8000\" or \"[::1]:8000\")",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn duration(s: &Option<Spanned<String>>, key: &str, default: &str) -> Check<Duration> {
+    let Some(s) = s else {
+        return Ok(humantime::parse_duration(default).expect("defaults are valid"));
+    };
+    match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => err(s.span(), format!("{key}: must be longer than zero")),
+        Err(_) => err(
+            s.span(),
+            format!(
+                "{key}: {:?} is not a duration; write a number with a unit, such as \"250ms\", \"1s\" or \"2m\"",
+                s.get_ref()
+            ),
+        ),
+    }
+}
+
+fn int_in(
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Check<i64> {
+    match v {
+        None => Ok(default),
+        Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => {
+            let bound = if *range.end() == i64::MAX {
+                format!("at least {}", range.start())
+            } else {
+                format!("{}..{}", range.start(), range.end())
+            };
+            err(
+                v.span(),
+                format!("{key}: {} is out of range; valid: {bound}", v.get_ref()),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Config parsing: defaults, every key, and every error the contract names.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("lb.toml")).map_err(|e| e.to_string())
+}
+
+const MINIMAL: &str = "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n";
+
+#[test]
+fn a_minimal_file_gets_the_contract_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(
+        c.backends,
+        [BackendConfig {
+            addr: "10.0.0.11:8000".parse().unwrap(),
+            agent: "10.0.0.11:9100".parse().unwrap(),
+            weight: 1,
+        }]
+    );
+    assert_eq!(c.balance.strategy, Strategy::LeastLoaded);
+    assert_eq!(c.health.path, "/health");
+    assert_eq!(c.health.interval, Duration::from_secs(1));
+    assert_eq!(c.health.timeout, Duration::from_millis(500));
+    assert_eq!((c.health.fall, c.health.rise), (2, 2));
+    assert_eq!(c.agent.port, 9100);
+    assert_eq!(c.agent.interval, Duration::from_secs(1));
+    assert_eq!(c.agent.timeout, Duration::from_millis(500));
+    assert_eq!(c.compression.encodings, [compress::Encoding::Gzip]);
+    assert_eq!((c.compression.level, c.compression.min_size), (6, 1024));
+    assert_eq!(c.compression.types.len(), DEFAULT_TYPES.len());
+    assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(c.timeouts.request, Duration::from_secs(30));
+    assert_eq!(c.timeouts.idle, Duration::from_secs(60));
+    assert_eq!(c.admin.listen, "127.0.0.1:9000".parse().unwrap());
+}
+
+#[test]
+fn the_contract_example_parses_with_every_key() {
+    let c = parse(
+        r#"
+listen = "0.0.0.0:8080"
+backends = ["10.0.0.11:8000", { addr = "10.0.0.12:8000", agent = "10.0.0.99:9200", weight = 2 }]
+
+[balance]
+strategy = "round-robin"
+
+[health]
+path = "/healthz"
+interval = "2s"
+timeout = "250ms"
+fall = 3
+rise = 4
+
+[agent]
+port = 9101
+interval = "500ms"
+timeout = "100ms"
+
+[compression]
+gzip = true
+level = 1
+min_size = 0
+types = ["text/html", "application/json"]
+encodings = ["zstd", "gzip"]
+
+[timeouts]
+connect = "2s"
+request = "1m"
+idle = "90s"
+
+[admin]
+listen = "127.0.0.1:9999"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.backends[0].agent, "10.0.0.11:9101".parse().unwrap());
+    assert_eq!(c.backends[1].agent, "10.0.0.99:9200".parse().unwrap());
+    assert_eq!(c.backends[1].weight, 2);
+    assert_eq!(c.balance.strategy, Strategy::RoundRobin);
+    assert_eq!((c.health.fall, c.health.rise), (3, 4));
+    assert_eq!(c.health.path, "/healthz");
+    assert_eq!(c.agent.interval, Duration::from_millis(500));
+    assert_eq!(
+        c.compression.encodings,
+        [compress::Encoding::Zstd, compress::Encoding::Gzip]
+    );
+    assert_eq!(c.timeouts.request, Duration::from_secs(60));
+    assert_eq!(c.admin.listen, "127.0.0.1:9999".parse().unwrap());
+}
+
+#[test]
+fn gzip_false_turns_gzip_off() {
+    let c = parse(&format!("{MINIMAL}[compression]\ngzip = false\n")).unwrap();
+    assert!(c.compression.encodings.is_empty());
+}
+
+/// Each bad file, and what its error must mention (besides the file name,
+/// which every error starts with).
+#[test]
+fn errors_name_the_file_line_column_and_key() {
+    let table: &[(&str, &[&str])] = &[
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\nbogus = 1\n",
+            &["lb.toml:3:1", "unknown field `bogus`"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[health]\nintervl = \"1s\"\n",
+            &["lb.toml:4:1", "intervl"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[balance]\nstrategy = \"fastest\"\n",
+            &["lb.toml:4:12", "[balance] strategy", "\"fastest\"", "least-loaded, round-robin"],
+        ),
+        (
+            "listen = \"localhost\"\nbackends = [\"10.0.0.11:8000\"]\n",
+            &["lb.toml:1:10", "listen", "\"localhost\"", "IP:port"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\", \"10.0.0.300:80\"]\n",
+            &["lb.toml:2:31", "backends[1]", "10.0.0.300:80"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = []\n",
+            &["lb.toml:2:12", "backends", "empty"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[compression]\nlevel = 10\n",
+            &["lb.toml:4:9", "[compression] level", "10", "1..9"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[compression]\nlevel = 0\n",
+            &["lb.toml:4:9", "[compression] level"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[health]\nfall = 0\n",
+            &["lb.toml:4:8", "[health] fall", "0"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[health]\nrise = 0\n",
+            &["lb.toml:4:8", "[health] rise"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[health]\ninterval = \"1x\"\n",
+            &["lb.toml:4:12", "[health] interval", "\"1x\"", "250ms"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[timeouts]\nconnect = 5\n",
+            &["lb.toml:4:11", "connect"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\", \"10.0.0.11:8000\"]\n",
+            &["lb.toml:2:31", "listed twice"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [{ addr = \"10.0.0.1:80\", wieght = 2 }]\n",
+            &["lb.toml:2", "wieght"],
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n[compression]\nencodings = [\"lz4\"]\n",
+            &["lb.toml:4:14", "lz4", "gzip, br, zstd"],
+        ),
+        ("backends = [\"10.0.0.11:8000\"]\n", &["lb.toml", "listen"]),
+        ("listen = \"127.0.0.1:8080\"\nbackends = [\n", &["lb.toml:"]),
+    ];
+    for (text, wants) in table {
+        let e = parse(text).expect_err(text);
+        for want in *wants {
+            assert!(e.contains(want), "error for {text:?}\n{e}\nlacks {want:?}");
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_file_names_the_path() {
+    let e = Config::load(Path::new("/nonexistent/lb.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/lb.toml: cannot read config"),
+        "{e}"
+    );
+}
+
+#[test]
+fn line_and_column_count_characters() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("é\nx", 3), (2, 1));
+}

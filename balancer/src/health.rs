@@ -1,0 +1,116 @@
+//! Active health probes: one task per backend sends `GET [health] path`
+//! every interval and feeds the result to the backend's rise/fall counter
+//! (see [`Backend::record_probe`]). Passive marking — a refused connection
+//! takes a backend down at once — happens in the proxy.
+//!
+//! First probes are staggered across the interval and every interval is
+//! jittered by ±5 %, so probes of many backends (and of many balancers)
+//! never fire in lockstep. Only transitions are logged, with the reason.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+
+use crate::backend::{Backend, Transition};
+use crate::pool::{MonitorClient, Pool};
+
+/// Starts the probe loop of `backend`, the `slot`-th of `of` started together.
+pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: usize) {
+    tokio::spawn(async move {
+        let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.health.interval) else {
+            return;
+        };
+        tokio::time::sleep(stagger(interval, slot, of)).await;
+        loop {
+            let (Some(pool), Some(backend)) = (pool.upgrade(), backend.upgrade()) else {
+                return;
+            };
+            if !pool.holds(&backend) {
+                return;
+            }
+            let config = Arc::clone(&pool.snapshot().config);
+            let h = &config.health;
+            let result = probe(&pool.monitor_client, &backend, &h.path, h.timeout).await;
+            match (
+                backend.record_probe(result.is_ok(), h.rise, h.fall),
+                &result,
+            ) {
+                (Some(Transition::WentDown), Err(why)) => {
+                    tracing::warn!(backend = %backend.addr, "backend down: health probe failed {} times in a row: {why}", h.fall);
+                }
+                (Some(Transition::WentUp), _) => {
+                    tracing::info!(backend = %backend.addr, "backend up: {} health probes passed in a row", h.rise);
+                }
+                _ => {}
+            }
+            drop((pool, backend));
+            tokio::time::sleep(jitter(h.interval)).await;
+        }
+    });
+}
+
+/// One probe: `Ok` on a 2xx or 3xx answer within `timeout`.
+async fn probe(
+    client: &MonitorClient,
+    backend: &Backend,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(backend.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let req = Request::get(uri)
+        .header(http::header::USER_AGENT, "balancer-health")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        // Read the (small) body so the connection can be reused.
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("GET {path} timed out after {timeout:?}")),
+    }
+}
+
+/// The offset of the first probe of the `slot`-th of `of` backends: spread
+/// evenly over one interval.
+pub(crate) fn stagger(interval: Duration, slot: usize, of: usize) -> Duration {
+    interval.mul_f64(slot as f64 / of.max(1) as f64)
+}
+
+/// `interval` ± 5 %.
+pub(crate) fn jitter(interval: Duration) -> Duration {
+    interval.mul_f64(0.95 + fastrand::f64() * 0.1)
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp
+/// connect error: Connection refused (os error 111)").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}

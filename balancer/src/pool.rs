@@ -1,0 +1,175 @@
+//! The live set of backends: one immutable [`Snapshot`] behind an
+//! `ArcSwap`, read without a lock by every request and replaced whole on
+//! reload.
+//!
+//! A reload keeps the `Arc<Backend>` of every backend present in both
+//! configurations, so health, load and counters carry over, and starts
+//! monitors (health probe, agent poll) only for the new ones. Monitors hold
+//! `Weak` references and stop by themselves once their backend has left the
+//! snapshot or the pool is gone.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::proxy::UpstreamBody;
+use crate::select::{self, Pick, View};
+use crate::{agent_poll, health};
+
+/// The client that carries proxied requests: pooled keep-alive HTTP/1.1.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// The client used by health probes and agent polls.
+pub type MonitorClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// One consistent view of the configuration and its backends.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration this snapshot was built from.
+    pub config: Arc<Config>,
+    /// The backends, in configuration order.
+    pub backends: Vec<Arc<Backend>>,
+    /// Weighted round-robin order over `backends`.
+    pub schedule: Vec<u32>,
+    /// The pooled client to the backends (rebuilt only when the connect
+    /// timeout changes, so a reload keeps warm connections).
+    pub client: UpstreamClient,
+}
+
+/// The live backend table and what its monitors share.
+#[derive(Debug)]
+pub struct Pool {
+    current: ArcSwap<Snapshot>,
+    rr: AtomicUsize,
+    /// Client for probes and polls, apart from the proxy's so that a busy
+    /// proxy pool never delays a probe.
+    pub monitor_client: MonitorClient,
+}
+
+impl Pool {
+    /// Builds the pool and starts one health probe and one agent poller per
+    /// backend. Must be called inside a tokio runtime.
+    pub fn start(config: Config) -> Arc<Pool> {
+        let config = Arc::new(config);
+        let backends: Vec<_> = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(Backend::new(b, config.health.rise, config.health.fall)))
+            .collect();
+        let pool = Arc::new(Pool {
+            current: ArcSwap::from_pointee(Snapshot {
+                schedule: schedule(&backends),
+                client: upstream_client(&config),
+                backends: backends.clone(),
+                config,
+            }),
+            rr: AtomicUsize::new(0),
+            monitor_client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(HttpConnector::new()),
+        });
+        for (i, b) in backends.iter().enumerate() {
+            start_monitors(&pool, b, i, backends.len());
+        }
+        pool
+    }
+
+    /// The current snapshot (one lock-free load).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether `backend` is still part of the current configuration.
+    pub fn holds(&self, backend: &Arc<Backend>) -> bool {
+        self.current
+            .load()
+            .backends
+            .iter()
+            .any(|b| Arc::ptr_eq(b, backend))
+    }
+
+    /// Swaps in a new configuration, carrying over the state of backends
+    /// present in both.
+    pub fn reload(self: &Arc<Self>, config: Config) {
+        let old = self.snapshot();
+        let config = Arc::new(config);
+        let mut fresh = Vec::new();
+        let backends: Vec<_> = config
+            .backends
+            .iter()
+            .map(
+                |cfg| match old.backends.iter().find(|b| b.addr == cfg.addr) {
+                    Some(b) if b.agent == cfg.agent && b.weight == cfg.weight => Arc::clone(b),
+                    Some(b) => {
+                        let b = Arc::new(Backend::succeed(b, cfg));
+                        fresh.push(Arc::clone(&b));
+                        b
+                    }
+                    None => {
+                        let b = Arc::new(Backend::new(cfg, config.health.rise, config.health.fall));
+                        fresh.push(Arc::clone(&b));
+                        b
+                    }
+                },
+            )
+            .collect();
+        let client = if config.timeouts.connect == old.config.timeouts.connect {
+            old.client.clone()
+        } else {
+            upstream_client(&config)
+        };
+        self.current.store(Arc::new(Snapshot {
+            schedule: schedule(&backends),
+            backends,
+            client,
+            config,
+        }));
+        for (i, b) in fresh.iter().enumerate() {
+            start_monitors(self, b, i, fresh.len());
+        }
+    }
+
+    /// Chooses a backend of `snap` by its strategy, among those up and not
+    /// yet `tried` (bit i set = backend i tried by this request).
+    pub fn choose(&self, snap: &Snapshot, tried: u64, rng: &mut fastrand::Rng) -> Option<usize> {
+        let now = tokio::time::Instant::now();
+        let how = Pick {
+            strategy: snap.config.balance.strategy,
+            params: select::Params {
+                interval: snap.config.agent.interval,
+            },
+            ticket: self.rr.fetch_add(1, Relaxed),
+            schedule: &snap.schedule,
+        };
+        let view = |i: usize| -> View { snap.backends[i].view(now) };
+        let allowed = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        select::pick(&how, snap.backends.len(), view, allowed, rng)
+    }
+}
+
+fn schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    select::wrr_schedule(&weights)
+}
+
+fn upstream_client(config: &Config) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeouts.connect));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+fn start_monitors(pool: &Arc<Pool>, backend: &Arc<Backend>, slot: usize, of: usize) {
+    health::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
+    agent_poll::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
+}

@@ -1,0 +1,544 @@
+//! One request, end to end: pick a backend, rewrite the request, forward
+//! it, retry where the contract allows, and shape the response (hop-by-hop
+//! headers, compression, the in-flight guard riding in the body).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::backend::{InFlight, Transition};
+use crate::compress::{self, Compressed, Decision};
+use crate::error::ProxyError;
+use crate::health::error_chain;
+use crate::pool::Pool;
+
+/// The hyper service function: every outcome is a response.
+pub async fn serve(
+    pool: Arc<Pool>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(forward(&pool, req, peer)
+        .await
+        .unwrap_or_else(ProxyError::into_response))
+}
+
+async fn forward(
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let snap = pool.snapshot();
+    let config = &snap.config;
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let accepted = compress::accepted(&parts.headers, &config.compression);
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => authority_as_host(&parts.uri),
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded(&mut parts.headers, peer, host);
+    let path: PathAndQuery = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    let has_body = !body.is_end_stream();
+    let mut pending = has_body.then_some(body);
+
+    let mut rng = fastrand::Rng::new();
+    let mut tried = 0u64;
+    let mut last_error = ProxyError::NoBackend;
+    for _ in 0..=config.balance.retries {
+        let Some(i) = pool.choose(&snap, tried, &mut rng) else {
+            break;
+        };
+        tried |= 1 << i.min(63);
+        let backend = &snap.backends[i];
+        let guard = backend.start_request();
+
+        let slot = pending
+            .take()
+            .map(|b| Arc::new(BodySlot(Mutex::new(Some(b)))));
+        let mut out = Request::new(match &slot {
+            Some(s) => UpstreamBody::Slot(SlotBody::new(Arc::clone(s))),
+            None => UpstreamBody::Empty,
+        });
+        *out.method_mut() = parts.method.clone();
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers.clone();
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(path.clone());
+        *out.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+
+        let timeout = config.timeouts.request;
+        let result = tokio::time::timeout(timeout, snap.client.request(out)).await;
+        // A body hyper never started to read can go to another backend.
+        pending = slot.and_then(|s| s.0.lock().ok().and_then(|mut b| b.take()));
+        let body_sent = has_body && pending.is_none();
+
+        let err = match result {
+            Ok(Ok(resp)) => {
+                return Ok(respond(
+                    resp,
+                    guard,
+                    &parts.method,
+                    accepted,
+                    &config.compression,
+                    client_upgrade,
+                ))
+            }
+            Ok(Err(err)) => err,
+            Err(_) => {
+                let e = ProxyError::Timeout {
+                    addr: backend.addr,
+                    after: timeout,
+                };
+                backend.record_error(e.to_string());
+                return Err(e);
+            }
+        };
+        let why = error_chain(&err);
+        backend.record_error(why.clone());
+        if err.is_connect() {
+            if is_refused(&err) && backend.mark_down() == Some(Transition::WentDown) {
+                tracing::warn!(backend = %backend.addr, "backend down: connection refused");
+            }
+            last_error = ProxyError::Connect {
+                addr: backend.addr,
+                why,
+            };
+            if !body_sent {
+                continue;
+            }
+        } else {
+            last_error = ProxyError::Upstream {
+                addr: backend.addr,
+                why,
+            };
+        }
+        if !idempotent || has_body {
+            break;
+        }
+    }
+    Err(last_error)
+}
+
+/// Shapes the backend's response for the client.
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: InFlight,
+    method: &Method,
+    accepted: compress::Accepted,
+    settings: &compress::Settings,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let backend = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client, backend, guard));
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, ProxyBody::Full(None));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let decision = compress::decide(method, accepted, parts.status, &parts.headers, settings);
+    compress::rewrite_headers(&decision, &mut parts.headers);
+    let body = Guarded {
+        inner: body,
+        guard: Some(guard),
+    };
+    let body = match decision {
+        Decision::Compress(encoding) => {
+            ProxyBody::Compressed(Compressed::new(body, encoding, settings.level))
+        }
+        Decision::PassThrough { .. } => ProxyBody::Upstream(body),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Copies bytes both ways between an upgraded client and backend
+/// connection (WebSocket and other `Upgrade` protocols) until either side
+/// closes; the request stays in flight meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+) {
+    match tokio::try_join!(client, backend) {
+        Ok((client, backend)) => {
+            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!(backend = %guard.backend().addr, "tunnel closed: {e}");
+            }
+        }
+        Err(e) => tracing::debug!(backend = %guard.backend().addr, "upgrade failed: {e}"),
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_refused(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
+/// header it names, plus `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Proxy-Connection` and — unless this is an upgrade
+/// being tunnelled — `Upgrade`. For an upgrade, `Connection: upgrade` is
+/// put back so the next hop sees the handshake.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`; keeps (or, for HTTP/2,
+/// creates from the authority) the client's `Host`.
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_canonical().to_string();
+    let mut prior = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
+    let value = match (prior.next(), prior.next()) {
+        (None, _) => ip,
+        (Some(one), None) => format!("{one}, {ip}"),
+        (Some(first), Some(second)) => {
+            let mut all = format!("{first}, {second}");
+            for more in prior {
+                all.push_str(", ");
+                all.push_str(more);
+            }
+            all.push_str(", ");
+            all.push_str(&ip);
+            all
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = host {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+}
+
+fn authority_as_host(uri: &Uri) -> Option<HeaderValue> {
+    uri.authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// A request body that hyper may or may not start sending. Until its first
+/// poll the client's body stays in the shared slot, so that after a connect
+/// failure the proxy can take it back and try another backend: a body is
+/// never sent to two backends, but one that never left can be re-routed.
+/// The slot's mutex is per request and uncontended.
+#[derive(Debug)]
+pub struct BodySlot(Mutex<Option<Incoming>>);
+
+/// The sending side of a [`BodySlot`].
+#[derive(Debug)]
+pub struct SlotBody {
+    slot: Arc<BodySlot>,
+    taken: Option<Incoming>,
+    hint: SizeHint,
+}
+
+impl SlotBody {
+    fn new(slot: Arc<BodySlot>) -> SlotBody {
+        let hint = slot
+            .0
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().map(Body::size_hint))
+            .unwrap_or_default();
+        SlotBody {
+            slot,
+            taken: None,
+            hint,
+        }
+    }
+}
+
+/// What the proxy sends to a backend.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// No body (most requests).
+    Empty,
+    /// The client's body, streamed.
+    Slot(SlotBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Slot(s) => {
+                if s.taken.is_none() {
+                    s.taken = s.slot.0.lock().ok().and_then(|mut b| b.take());
+                }
+                match &mut s.taken {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Slot(s) => s.taken.as_ref().is_some_and(Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Slot(s) => s.taken.as_ref().map_or(s.hint.clone(), Body::size_hint),
+        }
+    }
+}
+
+/// A response body that keeps its request counted in flight until its last
+/// byte has been read (not when the head arrives), as linkerd's
+/// `PendingUntilEos` does.
+#[derive(Debug)]
+pub struct Guarded<B> {
+    inner: B,
+    guard: Option<InFlight>,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every body the proxy answers with.
+pub enum ProxyBody {
+    /// A body the proxy made itself (errors, the upgrade handshake).
+    Full(Option<Bytes>),
+    /// The backend's body, passed through.
+    Upstream(Guarded<Incoming>),
+    /// The backend's body, compressed on the fly.
+    Compressed(Compressed<Guarded<Incoming>>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Compressed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Compressed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Compressed(b) => b.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_rfc9110_7_6_1() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-end-to-end", "kept"),
+            ("host", "example.com"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_header_and_connection_token() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client_and_keep_host() {
+        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let mut h = headers(&[("host", "shop.example"), ("x-forwarded-for", "203.0.113.1")]);
+        let host = h.get("host").cloned();
+        add_forwarded(&mut h, peer, host);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["host"], "shop.example");
+
+        let mut h = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "b")]);
+        add_forwarded(&mut h, "[::ffff:10.1.2.3]:1".parse().unwrap(), None);
+        assert_eq!(h["x-forwarded-for"], "a, b, 10.1.2.3");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn http2_requests_get_a_host_from_their_authority() {
+        let uri: Uri = "http://api.example:8080/x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        add_forwarded(
+            &mut h,
+            "127.0.0.1:1".parse().unwrap(),
+            authority_as_host(&uri),
+        );
+        assert_eq!(h["host"], "api.example:8080");
+        assert_eq!(h["x-forwarded-host"], "api.example:8080");
+    }
+}

@@ -1,0 +1,297 @@
+//! The selection strategies: pure functions from what is known about each
+//! backend (a [`View`]) to the index of the one to use.
+//!
+//! Nothing here reads a clock, an atomic or a random source of its own:
+//! views, the round-robin ticket and the random generator are passed in,
+//! so every policy is tested with tables of cases.
+
+use std::time::Duration;
+
+use crate::config::Strategy;
+
+/// What a strategy may know about one backend at the moment of choosing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct View {
+    /// Healthy: may receive new requests.
+    pub up: bool,
+    /// Configured relative capacity.
+    pub weight: u32,
+    /// Requests this balancer has in flight there now.
+    pub in_flight: u32,
+    /// The latest load report, if one is held.
+    pub load: Option<LoadView>,
+}
+
+/// A load report as the selector sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadView {
+    /// Reported utilization, 0..=1 (CPU, or memory pressure near the limit).
+    pub util: f64,
+    /// How old the report is.
+    pub age: Duration,
+    /// Requests/s this balancer sent there during the report's period.
+    pub rate: f64,
+    /// Utilization one request/s adds at most: the mean request duration
+    /// over the host's cores (0 before any request finished).
+    pub cost: f64,
+    /// Requests sent there since the report.
+    pub dispatched: u64,
+}
+
+/// Tuning of `least-loaded`, derived from the agent poll interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// The agent poll interval.
+    pub interval: Duration,
+}
+
+impl Params {
+    /// Until this age a report is trusted as it is (one interval plus
+    /// slack for a jittered or slow poll).
+    pub fn fresh(&self) -> Duration {
+        self.interval.mul_f64(1.5)
+    }
+
+    /// From this age a report is ignored: the load counts as unknown.
+    pub fn expiry(&self) -> Duration {
+        self.interval * 4
+    }
+}
+
+/// Share of `least-loaded` picks made at random among healthy backends, so
+/// that a host which looked busy keeps receiving a trickle of traffic and
+/// never starves on a stale report (Traefik #12306).
+pub const PROBE_FLOOR: f64 = 0.02;
+
+/// The smallest spare capacity a host is credited with, so a host reported
+/// at 100 % still ranks (as 20 times busier than an idle one) instead of
+/// dividing by zero.
+const MIN_SPARE: f64 = 0.05;
+
+/// The utilization `least-loaded` believes a backend has now.
+///
+/// Polled load is stale by nature, and Mitzenmacher ("How useful is old
+/// information?", 2000) showed that sending everything to the server that
+/// *looked* least loaded on old data can be worse than random. So the
+/// report is interpreted by its age (Dahlin, 2000):
+///
+/// 1. No report, or one older than [`Params::expiry`]: the load is unknown
+///    and ranks with `median`, the median of the known loads — never as
+///    idle (which would herd traffic onto it) nor as excluded.
+/// 2. A report older than [`Params::fresh`] fades linearly toward `median`
+///    until it expires, as Envoy's client-side WRR does with stale weights.
+/// 3. Requests sent since the report are what the report cannot show yet
+///    (the sparse-feedback JSQ idea): if we are sending the host more
+///    requests per second than during the period the report measured, its
+///    utilization is raised by the extra rate times the cost of one
+///    request/s. That cost is bounded from what the balancer measures
+///    itself: a request keeps at most one core busy for as long as it
+///    takes, so it is the mean request duration over the host's cores.
+///    Quick requests barely move the estimate; CPU-heavy ones move it a
+///    lot, which is exactly when a poll interval of traffic would
+///    otherwise pile onto one host. Only increases count: a bound may
+///    overestimate, and must never make a host look idler than it said.
+pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
+    let Some(l) = load else { return median };
+    let (fresh, expiry) = (p.fresh(), p.expiry());
+    if l.age >= expiry {
+        return median;
+    }
+    let fade = if l.age <= fresh {
+        0.0
+    } else {
+        (l.age - fresh).as_secs_f64() / (expiry - fresh).as_secs_f64()
+    };
+    let base = (1.0 - fade) * l.util + fade * median;
+
+    // The send rate over the last poll window: what has been sent since the
+    // report, topped up with the report period's rate for the part of the
+    // window that lies before the report.
+    let window = p.interval.as_secs_f64().max(1e-3);
+    let age = l.age.as_secs_f64();
+    let rate_now = if age < window {
+        (l.dispatched as f64 + l.rate * (window - age)) / window
+    } else {
+        l.dispatched as f64 / age
+    };
+    let extra = l.cost * (rate_now - l.rate).max(0.0);
+    (base + extra).clamp(0.0, 1.0)
+}
+
+/// The `least-loaded` score: lower is better.
+///
+/// `(1 + in_flight / weight) / spare`, with `spare = 1 − utilization`:
+/// the time a new request can expect to take if it queues behind the
+/// requests already in flight on a host that has `spare` of its capacity
+/// free. The weight scales the queue (a weight-2 host serves twice the
+/// requests at once), not the utilization, which agents already report as
+/// a fraction of each host's own capacity; equal scores are shared in
+/// proportion to weight. The utilization term (the agent's view, [`estimated_util`])
+/// covers work the balancer cannot see — other balancers, cron jobs,
+/// noisy neighbours — while the in-flight term is local and instant: it
+/// rises with every request sent and falls with every response finished,
+/// so between two polls traffic cannot pile onto the host that looked idle
+/// (32 concurrent requests to an idle host and two half-busy ones split
+/// about 16/8/8, not 32/0/0). With nothing in flight, as for sequential
+/// traffic, the order is the agents' order: the least utilized host wins.
+pub fn score(v: &View, median: f64, p: &Params) -> f64 {
+    let util = estimated_util(v.load.as_ref(), median, p);
+    let spare = (1.0 - util).max(MIN_SPARE);
+    (1.0 + f64::from(v.in_flight) / f64::from(v.weight.max(1))) / spare
+}
+
+/// The median utilization of the backends whose report has not expired,
+/// or 0.5 when none has one (then every backend ranks alike anyway).
+pub fn median_util(n: usize, view: impl Fn(usize) -> View, p: &Params) -> f64 {
+    let mut buf = [0.0f64; 64];
+    let mut len = 0;
+    for i in 0..n {
+        if let Some(l) = view(i).load {
+            if l.age < p.expiry() && len < buf.len() {
+                buf[len] = l.util;
+                len += 1;
+            }
+        }
+    }
+    let known = &mut buf[..len];
+    if known.is_empty() {
+        return 0.5;
+    }
+    known.sort_unstable_by(f64::total_cmp);
+    let mid = known.len() / 2;
+    if known.len() % 2 == 1 {
+        known[mid]
+    } else {
+        (known[mid - 1] + known[mid]) / 2.0
+    }
+}
+
+/// Everything a pick needs besides the views.
+#[derive(Debug)]
+pub struct Pick<'a> {
+    /// The policy.
+    pub strategy: Strategy,
+    /// `least-loaded` tuning.
+    pub params: Params,
+    /// A ticket from the pool's round-robin counter (used by round-robin).
+    pub ticket: usize,
+    /// The weighted round-robin order, as built by [`wrr_schedule`].
+    pub schedule: &'a [u32],
+}
+
+/// Chooses a backend among those that are up and `allowed` (a retry
+/// excludes the ones already tried). `None` when there is none.
+pub fn pick(
+    how: &Pick<'_>,
+    n: usize,
+    view: impl Fn(usize) -> View,
+    allowed: impl Fn(usize) -> bool,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    let eligible = |i: usize| allowed(i) && view(i).up;
+    match how.strategy {
+        Strategy::RoundRobin => {
+            let len = how.schedule.len();
+            (0..len)
+                .map(|k| how.schedule[(how.ticket + k) % len] as usize)
+                .find(|&i| i < n && eligible(i))
+        }
+        Strategy::Random => weighted_random(n, &view, &eligible, rng),
+        // nginx's least_conn: requests in flight per unit of weight, ties
+        // shared by weight (so idle backends take turns).
+        Strategy::LeastConnections => lowest(n, &view, &eligible, rng, |i| {
+            let v = view(i);
+            f64::from(v.in_flight) / f64::from(v.weight.max(1))
+        }),
+        Strategy::LeastLoaded => {
+            if rng.f64() < PROBE_FLOOR {
+                return weighted_random(n, &view, &eligible, rng);
+            }
+            let median = median_util(n, &view, &how.params);
+            lowest(n, &view, &eligible, rng, |i| {
+                score(&view(i), median, &how.params)
+            })
+        }
+    }
+}
+
+/// The eligible index with the lowest `cost`. Ties are broken at random in
+/// proportion to weight (weighted reservoir sampling), so equal backends
+/// share traffic as their weights say.
+fn lowest(
+    n: usize,
+    view: impl Fn(usize) -> View,
+    eligible: impl Fn(usize) -> bool,
+    rng: &mut fastrand::Rng,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut tied_weight = 0u64;
+    for i in (0..n).filter(|&i| eligible(i)) {
+        let c = cost(i);
+        let w = u64::from(view(i).weight.max(1));
+        match best {
+            Some((_, b)) if c > b + b.abs() * 1e-9 => {}
+            Some((_, b)) if c >= b - b.abs() * 1e-9 => {
+                tied_weight += w;
+                if rng.u64(0..tied_weight) < w {
+                    best = Some((i, b));
+                }
+            }
+            _ => {
+                best = Some((i, c));
+                tied_weight = w;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+fn weighted_random(
+    n: usize,
+    view: impl Fn(usize) -> View,
+    eligible: impl Fn(usize) -> bool,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    let total: u64 = (0..n)
+        .filter(|&i| eligible(i))
+        .map(|i| u64::from(view(i).weight.max(1)))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rng.u64(0..total);
+    for i in (0..n).filter(|&i| eligible(i)) {
+        let w = u64::from(view(i).weight.max(1));
+        if ticket < w {
+            return Some(i);
+        }
+        ticket -= w;
+    }
+    None
+}
+
+/// The order weighted round robin walks, computed once per configuration
+/// with nginx's smooth algorithm: weights 5/1/1 give `0 0 1 0 2 0 0`
+/// rather than five 0s in a row. Capped at 10,000 entries.
+pub fn wrr_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w.max(1))).sum();
+    let len = total.clamp(1, 10_000) as usize;
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        let mut best = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            current[i] += i64::from(w.max(1));
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! Real servers for the balancer's integration tests, all on loopback
+//! ports chosen by the kernel.
+//!
+//! - [`Host`]: a real `backend` in its own runtime on its own thread, so
+//!   that [`Host::kill`] drops every socket at once, as a crashed process
+//!   would, while the test's runtime carries on.
+//! - [`FakeAgent`]: answers `GET /load` with whatever the test sets, so
+//!   load-aware routing is tested against known loads.
+//! - [`Lb`]: the balancer, in-process, from a TOML snippet.
+//! - [`get`] and friends: a real HTTP client.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A backend server on its own runtime.
+pub struct Host {
+    pub addr: SocketAddr,
+    pub id: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Host {
+    /// Starts a backend with `X-Backend: id` on a fresh port.
+    pub fn start(id: &str) -> Host {
+        Host::start_at(id, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a backend on `addr` (to restart one where it was).
+    pub fn start_at(id: &str, addr: SocketAddr) -> Host {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let std_listener = bind_retrying(addr);
+        let addr = std_listener.local_addr().unwrap();
+        let config = backend::Config::new(id);
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            let _ = backend::run(listener, config, std::future::pending()).await;
+        });
+        Host {
+            addr,
+            id: id.to_owned(),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Stops the backend abruptly: the listener and every open connection
+    /// close at once.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bind_retrying(addr: SocketAddr) -> std::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true).unwrap();
+                return l;
+            }
+            Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// An agent whose report the test controls.
+#[derive(Clone)]
+pub struct FakeAgent {
+    pub addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+}
+
+impl FakeAgent {
+    /// Starts an agent reporting `cpu` (memory 0.3).
+    pub async fn start(cpu: f64) -> FakeAgent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let agent = FakeAgent {
+            addr,
+            body: Arc::new(Mutex::new(String::new())),
+        };
+        agent.set_cpu(cpu);
+        let body = Arc::clone(&agent.body);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = Arc::clone(&body);
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let text = body.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(text))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        agent
+    }
+
+    /// Reports `cpu` from now on.
+    pub fn set_cpu(&self, cpu: f64) {
+        self.set_body(&format!(
+            r#"{{"cpu": {cpu}, "memory": 0.3, "cores": 2, "load1": 0.5, "mem_total_bytes": 1000, "mem_used_bytes": 300}}"#
+        ));
+    }
+
+    /// Answers with `body` verbatim (to test malformed reports).
+    pub fn set_body(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_owned();
+    }
+}
+
+/// A balancer running in the test's runtime.
+pub struct Lb {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub balancer: balancer::Balancer,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Lb {
+    /// Starts a balancer whose `lb.toml` is `toml` (without `listen`,
+    /// which is chosen here). Use [`backends_toml`] to list backends.
+    pub async fn start(toml: &str) -> Lb {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let config = config(&format!(
+            "listen = \"{addr}\"\n{toml}\n[admin]\nlisten = \"{admin_addr}\"\n"
+        ));
+        let balancer = balancer::Balancer::start(config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let b = balancer.clone();
+        let task = tokio::spawn(async move {
+            b.serve(listener, admin, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Lb {
+            addr,
+            admin: admin_addr,
+            balancer,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Reloads with a new configuration body (same form as [`Lb::start`]).
+    pub fn reload(&self, toml: &str) {
+        let config = config(&format!(
+            "listen = \"{}\"\n{toml}\n[admin]\nlisten = \"{}\"\n",
+            self.addr, self.admin
+        ));
+        self.balancer.reload(config);
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `/status.json`, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = get(&format!("http://{}/status.json", self.admin)).await;
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// Waits until every backend has a load report (agents polled once).
+    pub async fn wait_for_reports(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status().await;
+            if s["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| !b["cpu"].is_null())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agents never reported: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops accepting, drains and waits for the balancer to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Parses a complete `lb.toml`.
+pub fn config(text: &str) -> balancer::Config {
+    balancer::Config::parse(text, std::path::Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// `backends = [...]` naming each host with its agent.
+pub fn backends_toml(hosts: &[(&Host, Option<&FakeAgent>)]) -> String {
+    let items: Vec<String> = hosts
+        .iter()
+        .map(|(h, a)| match a {
+            Some(a) => format!("{{ addr = \"{}\", agent = \"{}\" }}", h.addr, a.addr),
+            None => format!("{{ addr = \"{}\", agent = \"127.0.0.1:1\" }}", h.addr),
+        })
+        .collect();
+    format!("backends = [{}]", items.join(", "))
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The `X-Backend` header, or "" when absent.
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// `GET url`.
+pub async fn get(url: &str) -> Resp {
+    request(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Any request, with headers and a body, bounded by 30 s.
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).unwrap();
+    let exchange = async {
+        let resp = client()
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{url}: no answer in 30 s"))
+}
+
+/// A backend that reads a request head and then closes the connection
+/// without answering: a backend that fails *after* receiving the request.
+pub async fn hangup_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Dropping the stream closes it with no response.
+            });
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Counts `X-Backend` values of `n` sequential GETs of `path`.
+pub async fn tally(url: &str, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..n {
+        let r = get(url).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        *counts.entry(r.backend()).or_default() += 1;
+    }
+    counts
+}
