@@ -148,9 +148,22 @@ impl Pool {
             ticket: self.rr.fetch_add(1, Relaxed),
             schedule: &snap.schedule,
         };
-        let view = |i: usize| -> View { snap.backends[i].view(now) };
         let allowed = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        select::pick(&how, snap.backends.len(), view, allowed, rng)
+        // Read each backend's state once per pick: on the stack for the
+        // usual small pools, in a Vec beyond.
+        let n = snap.backends.len();
+        let mut stack = [View::UNKNOWN; 16];
+        let heap: Vec<View>;
+        let views: &[View] = if n <= stack.len() {
+            for (slot, b) in stack.iter_mut().zip(&snap.backends) {
+                *slot = b.view(now);
+            }
+            &stack[..n]
+        } else {
+            heap = snap.backends.iter().map(|b| b.view(now)).collect();
+            &heap
+        };
+        select::pick(&how, n, |i| views[i], allowed, rng)
     }
 }
 

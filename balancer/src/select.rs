@@ -22,6 +22,16 @@ pub struct View {
     pub load: Option<LoadView>,
 }
 
+impl View {
+    /// A placeholder (down, unknown load), for preallocated buffers.
+    pub const UNKNOWN: View = View {
+        up: false,
+        weight: 1,
+        in_flight: 0,
+        load: None,
+    };
+}
+
 /// A load report as the selector sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadView {
