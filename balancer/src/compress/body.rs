@@ -1,0 +1,292 @@
+//! [`Compressed`]: a response body that compresses another body as its frames
+//! arrive. It never holds more than one input frame and one output buffer.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::codec::{Codec, Step};
+use super::Encoding;
+
+/// First output buffer. Small responses never need more.
+const FIRST_OUT: usize = 8 * 1024;
+/// Largest output buffer, and so the largest data frame this body yields.
+pub(super) const MAX_OUT: usize = 64 * 1024;
+/// Input compressed per `poll_frame` before yielding to the executor. Without
+/// it, very compressible input (megabytes of zeros fill no buffer) would keep
+/// one task on the CPU for as long as the backend keeps up.
+pub(super) const POLL_INPUT_BUDGET: usize = 256 * 1024;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+pin_project! {
+    /// The backend's body, compressed as it streams.
+    ///
+    /// - Each data frame goes to the encoder when it arrives. Output is
+    ///   yielded whenever the output buffer fills, in frames of at most 64
+    ///   KiB, so a large body never sits in memory.
+    /// - When the backend has nothing ready (`Poll::Pending`) and input went
+    ///   in since the last flush, the encoder is sync-flushed and everything
+    ///   so far is yielded. The client then sees a slow stream (SSE, long
+    ///   poll) as it happens, while a fast body, which is never `Pending`
+    ///   between frames, compresses as well as one-shot.
+    /// - At the end the encoder finishes (gzip trailer), then the backend's
+    ///   trailers, if any, follow the data.
+    /// - An error from the backend body, or from the encoder, is yielded once
+    ///   and ends the stream.
+    /// - One poll compresses at most 256 KiB of input, then yields, so a
+    ///   highly compressible body cannot hold a worker thread.
+    ///
+    /// Memory per compressing response is bounded by the encoder state (about
+    /// 0.37 MiB for gzip, at most about 2 MiB for br and zstd at the mapped
+    /// levels; see `codec.rs`), plus the output buffer (8 KiB, growing to 64
+    /// KiB when output fills it), plus the one input frame being compressed.
+    /// Dropping it drops the inner body and frees the encoder.
+    pub struct Compressed<B> {
+        #[pin]
+        inner: B,
+        encoding: Encoding,
+        codec: Option<Codec>,
+        // Unconsumed rest of the current input frame.
+        input: Bytes,
+        // Output buffer; `out[..filled]` is compressed data not yet yielded.
+        out: Vec<u8>,
+        filled: usize,
+        // Input went into the encoder since the last flush.
+        dirty: bool,
+        // A sync flush is under way (it may take several output buffers).
+        flushing: bool,
+        phase: Phase,
+        // The inner body's trailers, sent after the compressed data. Boxed:
+        // they are rare, and a `HeaderMap` would triple this struct's size.
+        trailers: Option<Box<HeaderMap>>,
+    }
+}
+
+enum Phase {
+    /// Reading the inner body.
+    Reading,
+    /// The inner body ended: finishing the encoder.
+    Finishing,
+    /// The encoder finished: yield what is left, then the trailers.
+    Trailers,
+    /// The encoder could not be created; yield this error first.
+    Failed(Option<io::Error>),
+    Done,
+}
+
+impl<B> Compressed<B> {
+    /// Wraps `inner`, to be sent with `Content-Encoding: encoding`. `level` is
+    /// the config's 1..=9 (clamped; br and zstd map it, see
+    /// [`Encoding::native_level`]). An encoder that cannot be created (it
+    /// cannot, short of running out of memory) shows up as the body's first
+    /// error.
+    pub fn new(inner: B, encoding: Encoding, level: u32) -> Self {
+        let (codec, phase) = match Codec::new(encoding, level) {
+            Ok(codec) => (Some(codec), Phase::Reading),
+            Err(e) => (None, Phase::Failed(Some(e))),
+        };
+        Compressed {
+            inner,
+            encoding,
+            codec,
+            input: Bytes::new(),
+            out: Vec::new(),
+            filled: 0,
+            dirty: false,
+            flushing: false,
+            phase,
+            trailers: None,
+        }
+    }
+}
+
+impl<B> fmt::Debug for Compressed<B> {
+    /// The coding and progress, not the inner body (which need not be `Debug`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Reading => "reading",
+            Phase::Finishing => "finishing",
+            Phase::Trailers => "trailers",
+            Phase::Failed(_) => "failed",
+            Phase::Done => "done",
+        };
+        f.debug_struct("Compressed")
+            .field("encoding", &self.encoding)
+            .field("phase", &phase)
+            .field("pending_input", &self.input.len())
+            .field("pending_output", &self.filled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Yields `out[..filled]`. A buffer that went out full doubles, up to
+/// `MAX_OUT`.
+fn take_chunk(out: &mut Vec<u8>, filled: &mut usize) -> Frame<Bytes> {
+    let chunk = Bytes::copy_from_slice(&out[..*filled]);
+    if *filled == out.len() && out.len() < MAX_OUT {
+        out.resize(out.len() * 2, 0);
+    }
+    *filled = 0;
+    Frame::data(chunk)
+}
+
+impl<B> Body for Compressed<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let mut budget = POLL_INPUT_BUDGET;
+        loop {
+            if *this.filled > 0 && *this.filled == this.out.len() {
+                return Poll::Ready(Some(Ok(take_chunk(this.out, this.filled))));
+            }
+            if budget == 0 {
+                if *this.filled > 0 {
+                    return Poll::Ready(Some(Ok(take_chunk(this.out, this.filled))));
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if this.out.is_empty() && !matches!(this.phase, Phase::Done | Phase::Failed(_)) {
+                this.out.resize(FIRST_OUT, 0);
+            }
+            let Some(codec) = this.codec.as_mut() else {
+                // No encoder: only `Failed` or `Done` can be here.
+                *this.input = Bytes::new();
+                return match std::mem::replace(this.phase, Phase::Done) {
+                    Phase::Failed(Some(e)) => Poll::Ready(Some(Err(e.into()))),
+                    _ => Poll::Ready(None),
+                };
+            };
+            let room = &mut this.out[*this.filled..];
+            let step = match this.phase {
+                // `Failed` comes with no encoder, handled above.
+                Phase::Done | Phase::Failed(_) => {
+                    close(this.phase, this.codec, this.out, this.filled);
+                    return Poll::Ready(None);
+                }
+                Phase::Reading if !this.input.is_empty() => {
+                    let step = codec.encode(this.input, room);
+                    if let Ok(Step { read, .. }) = step {
+                        budget = budget.saturating_sub(read);
+                        this.input.advance(read);
+                        if this.input.is_empty() {
+                            // Release the frame's buffer now, not at the next frame.
+                            *this.input = Bytes::new();
+                        }
+                        *this.dirty = true;
+                    }
+                    step
+                }
+                Phase::Reading if *this.flushing => {
+                    let step = codec.flush(room);
+                    if let Ok(Step { done: true, .. }) = step {
+                        *this.flushing = false;
+                        *this.dirty = false;
+                    }
+                    step
+                }
+                Phase::Reading => match this.inner.as_mut().poll_frame(cx) {
+                    Poll::Pending if *this.dirty => {
+                        *this.flushing = true;
+                        continue;
+                    }
+                    Poll::Pending if *this.filled > 0 => {
+                        return Poll::Ready(Some(Ok(take_chunk(this.out, this.filled))));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        match frame.into_data() {
+                            Ok(data) => *this.input = data,
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    *this.trailers = Some(Box::new(trailers));
+                                    *this.phase = Phase::Finishing;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        close(this.phase, this.codec, this.out, this.filled);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Poll::Ready(None) => {
+                        *this.phase = Phase::Finishing;
+                        continue;
+                    }
+                },
+                Phase::Finishing => {
+                    let step = codec.finish(room);
+                    if let Ok(Step { done: true, .. }) = step {
+                        *this.phase = Phase::Trailers;
+                    }
+                    step
+                }
+                Phase::Trailers => {
+                    if *this.filled > 0 {
+                        return Poll::Ready(Some(Ok(take_chunk(this.out, this.filled))));
+                    }
+                    let trailers = this.trailers.take();
+                    close(this.phase, this.codec, this.out, this.filled);
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(*t))));
+                }
+            };
+            match step {
+                Ok(Step {
+                    read,
+                    written,
+                    done,
+                }) => {
+                    *this.filled += written;
+                    if read == 0 && written == 0 && !done {
+                        close(this.phase, this.codec, this.out, this.filled);
+                        let e = io::Error::other("compression encoder made no progress");
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    if done && *this.filled > 0 && matches!(this.phase, Phase::Reading) {
+                        // A flush completed: send it now, that is its point.
+                        return Poll::Ready(Some(Ok(take_chunk(this.out, this.filled))));
+                    }
+                }
+                Err(e) => {
+                    close(this.phase, this.codec, this.out, this.filled);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Ends the stream and frees the encoder and buffer at once, rather than when
+/// the response is dropped.
+fn close(phase: &mut Phase, codec: &mut Option<Codec>, out: &mut Vec<u8>, filled: &mut usize) {
+    *phase = Phase::Done;
+    *codec = None;
+    *out = Vec::new();
+    *filled = 0;
+}
