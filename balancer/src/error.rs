@@ -40,9 +40,9 @@ pub enum ProxyError {
         /// `timeouts.request`.
         after: Duration,
     },
-    /// The request cannot be forwarded as it is.
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
+    /// The request is refused before any backend is chosen.
+    #[error("{1}")]
+    Refused(StatusCode, &'static str),
 }
 
 impl ProxyError {
@@ -55,7 +55,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(status, _) => *status,
         }
     }
 

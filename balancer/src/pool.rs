@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::proxy::UpstreamBody;
 use crate::select::{self, Pick, View};
 use crate::{agent_poll, health};
@@ -145,7 +145,12 @@ impl Pool {
             params: select::Params {
                 interval: snap.config.agent.interval,
             },
-            ticket: self.rr.fetch_add(1, Relaxed),
+            // Only round robin needs the shared counter: other strategies
+            // leave its cache line alone.
+            ticket: match snap.config.balance.strategy {
+                Strategy::RoundRobin => self.rr.fetch_add(1, Relaxed),
+                _ => 0,
+            },
             schedule: &snap.schedule,
         };
         let allowed = |i: usize| i >= 64 || tried & (1 << i) == 0;

@@ -38,6 +38,12 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::Refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is a reverse proxy",
+        ));
+    }
     let snap = pool.snapshot();
     let config = &snap.config;
     let upgrade = is_upgrade(&req);
