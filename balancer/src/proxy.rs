@@ -379,7 +379,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Slot(s) => s.taken.as_ref().map_or(s.hint.clone(), Body::size_hint),
+            UpstreamBody::Slot(s) => s.taken.as_ref().map_or(s.hint, Body::size_hint),
         }
     }
 }

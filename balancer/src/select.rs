@@ -206,19 +206,19 @@ pub fn pick(
                 .map(|k| how.schedule[(how.ticket + k) % len] as usize)
                 .find(|&i| i < n && eligible(i))
         }
-        Strategy::Random => weighted_random(n, &view, &eligible, rng),
+        Strategy::Random => weighted_random(n, &view, eligible, rng),
         // nginx's least_conn: requests in flight per unit of weight, ties
         // shared by weight (so idle backends take turns).
-        Strategy::LeastConnections => lowest(n, &view, &eligible, rng, |i| {
+        Strategy::LeastConnections => lowest(n, &view, eligible, rng, |i| {
             let v = view(i);
             f64::from(v.in_flight) / f64::from(v.weight.max(1))
         }),
         Strategy::LeastLoaded => {
             if rng.f64() < PROBE_FLOOR {
-                return weighted_random(n, &view, &eligible, rng);
+                return weighted_random(n, &view, eligible, rng);
             }
             let median = median_util(n, &view, &how.params);
-            lowest(n, &view, &eligible, rng, |i| {
+            lowest(n, &view, eligible, rng, |i| {
                 score(&view(i), median, &how.params)
             })
         }

@@ -52,7 +52,7 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_under_load_costs_no_request_and_returns_after_rise() {
-    let mut hosts = vec![Host::start("a"), Host::start("b"), Host::start("c")];
+    let mut hosts = [Host::start("a"), Host::start("b"), Host::start("c")];
     let lb = Lb::start(&format!(
         "{}\n{FAST_HEALTH}",
         backends_toml(&[(&hosts[0], None), (&hosts[1], None), (&hosts[2], None)])
@@ -104,7 +104,7 @@ async fn a_backend_killed_under_load_costs_no_request_and_returns_after_rise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_down_answers_503_at_once() {
-    let mut hosts = vec![Host::start("a"), Host::start("b")];
+    let mut hosts = [Host::start("a"), Host::start("b")];
     let lb = Lb::start(&format!(
         "{}\n[health]\ninterval = \"10s\"\n",
         backends_toml(&[(&hosts[0], None), (&hosts[1], None)])
