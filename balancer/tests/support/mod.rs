@@ -341,3 +341,231 @@ pub async fn tally(url: &str, n: usize) -> std::collections::HashMap<String, usi
     }
     counts
 }
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 on a TcpStream, for what a well-behaved client cannot send or
+// would hide (hop-by-hop headers, upgrades, garbage, slow heads).
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    /// Header names lower-cased, in received order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResp {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads a response head (status line and headers) from `stream`, within
+/// 10 s. Returns the response without a body and the bytes read past the
+/// head.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> (RawResp, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = seen.split_off(end + 4);
+                return (parse_head(&seen), rest);
+            }
+            let n = stream.read(&mut buf).await.expect("read a response head");
+            assert!(
+                n > 0,
+                "connection closed before a whole response head: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no response head in 10 s")
+}
+
+fn parse_head(head: &[u8]) -> RawResp {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap_or((l, ""));
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    RawResp {
+        status,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Reads one whole response (by `Content-Length`, chunked, or to EOF)
+/// from `stream`, within 10 s.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> RawResp {
+    use tokio::io::AsyncReadExt;
+    let (mut resp, mut rest) = read_head(stream).await;
+    let read_body = async {
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = resp
+            .header("content-length")
+            .map(|v| v.parse::<usize>().unwrap());
+        let mut buf = [0u8; 8192];
+        if let Some(len) = length {
+            while rest.len() < len {
+                let n = stream.read(&mut buf).await.expect("read a body");
+                assert!(n > 0, "body cut short");
+                rest.extend_from_slice(&buf[..n]);
+            }
+            rest.truncate(len);
+            return rest;
+        }
+        if !chunked {
+            stream.read_to_end(&mut rest).await.expect("read a body");
+            return rest;
+        }
+        // Chunked: read until the last chunk and its blank line.
+        while !rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read a body");
+            assert!(n > 0, "chunked body cut short");
+            rest.extend_from_slice(&buf[..n]);
+        }
+        let mut body = Vec::new();
+        let mut at = 0;
+        loop {
+            let eol = at + rest[at..].windows(2).position(|w| w == b"\r\n").unwrap();
+            let size_text = String::from_utf8_lossy(&rest[at..eol]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            if size == 0 {
+                return body;
+            }
+            body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            at = eol + 2 + size + 2;
+        }
+    };
+    resp.body = tokio::time::timeout(Duration::from_secs(10), read_body)
+        .await
+        .expect("no whole body in 10 s");
+    resp
+}
+
+/// Writes `request` on a new connection to `addr` and reads one response.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResp {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_response(&mut stream).await
+}
+
+/// Waits up to `limit` for the peer to close `stream` (EOF or a reset),
+/// discarding whatever it sends first. `Err` if it is still open.
+pub async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Result<Duration, String> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let wait = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(()) => Ok(start.elapsed()),
+        Err(_) => Err(format!("connection still open after {limit:?}")),
+    }
+}
+
+/// A backend speaking raw bytes: for every request head it reads, it writes
+/// `response` verbatim (which must be a complete HTTP/1.1 response), keeping
+/// the connection open for the next request.
+pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The `/status.json` entry of the backend at `addr`.
+pub fn backend_status(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    let addr = addr.to_string();
+    status["backends"]
+        .as_array()
+        .expect("backends is an array")
+        .iter()
+        .find(|b| b["addr"] == addr.as_str())
+        .unwrap_or_else(|| panic!("{addr} not in {status}"))
+        .clone()
+}
+
+/// `GET url` over HTTP/2 with prior knowledge (h2c), bounded by 30 s.
+pub async fn get_h2(url: &str) -> Resp {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert_eq!(resp.version(), http::Version::HTTP_2, "{url}");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{url}: no answer in 30 s"))
+}
