@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,13 +61,21 @@ pub(crate) async fn serve(
 fn connection(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, graceful: &GracefulShutdown) {
     let _ = stream.set_nodelay(true);
     let timeouts = pool.snapshot().config.timeouts;
-    let activity = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
     });
     let pool = Arc::clone(pool);
-    let service = service_fn(move |req| proxy::serve(Arc::clone(&pool), req, peer));
+    let requests = Arc::clone(&activity);
+    let service = service_fn(move |req| {
+        let busy = Busy::new(&requests);
+        let pool = Arc::clone(&pool);
+        async move {
+            let resp = proxy::serve(pool, req, peer).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+        }
+    });
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -95,16 +103,71 @@ fn connection(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, graceful: &
     });
 }
 
-/// Resolves once no byte has moved on the connection for a whole `limit`
-/// (checked every `limit`, so an idle connection lives `limit` to
-/// `2 × limit`). Counting operations instead of reading the clock on every
-/// read and write keeps the data path free of time calls.
-async fn idle(activity: Arc<AtomicU64>, limit: Duration) {
-    let mut seen = activity.load(Relaxed);
+/// What the idle timeout watches on one connection.
+#[derive(Default)]
+struct Activity {
+    /// Reads and writes that moved bytes, ever.
+    io: AtomicU64,
+    /// Requests whose response has not been sent to its last byte: a
+    /// connection waiting for a slow backend, or streaming a response with
+    /// long pauses, is not idle.
+    requests: AtomicUsize,
+}
+
+/// Counts a request as in progress on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Busy {
+        activity.requests.fetch_add(1, Relaxed);
+        Busy(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress on the
+/// connection until the body is done.
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Resolves once the connection has had no request in progress and no byte
+/// moving for a whole `limit` (checked every `limit`, so an idle connection
+/// lives `limit` to `2 × limit`). Counting operations instead of reading
+/// the clock on every read and write keeps the data path free of time
+/// calls.
+async fn idle(activity: Arc<Activity>, limit: Duration) {
+    let mut seen = activity.io.load(Relaxed);
     loop {
         tokio::time::sleep(limit).await;
-        let now = activity.load(Relaxed);
-        if now == seen {
+        let now = activity.io.load(Relaxed);
+        if now == seen && activity.requests.load(Relaxed) == 0 {
             return;
         }
         seen = now;
@@ -114,7 +177,7 @@ async fn idle(activity: Arc<AtomicU64>, limit: Duration) {
 /// A stream that counts its reads and writes for the idle timeout.
 struct Watched {
     inner: TcpStream,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl AsyncRead for Watched {
@@ -127,7 +190,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.fetch_add(1, Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
@@ -142,7 +205,7 @@ impl AsyncWrite for Watched {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.fetch_add(1, Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
@@ -155,7 +218,7 @@ impl AsyncWrite for Watched {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.fetch_add(1, Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
