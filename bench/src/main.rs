@@ -1,1 +1,111 @@
-fn main() {}
+//! `bench`: brings up a local demo cluster and runs the benchmark
+//! scenarios that compare this balancer with round robin, nginx and
+//! HAProxy, side by side on this machine.
+//!
+//! Module map:
+//!
+//! - [`demo`]: `bench demo`, the `lb.toml` cluster in the foreground.
+//! - [`procs`]: child processes: spawn, wait, measure (`/proc`), stop.
+//! - [`cluster`]: simulated hosts (backend + agent) and generated `lb.toml`s.
+//! - [`cgroup`]: CPU-quota cgroups (v1 or v2) for simulated hosts.
+
+#![forbid(unsafe_code)]
+
+mod cgroup;
+mod cluster;
+mod demo;
+mod procs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Brings up a local demo cluster and runs benchmark scenarios.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the lb.toml cluster (backends, agents, balancer) in the
+    /// foreground and print the URLs to try; Ctrl-C stops everything.
+    Demo {
+        /// The balancer configuration whose backends to start.
+        #[arg(short, long, value_name = "PATH", default_value = "lb.toml")]
+        config: PathBuf,
+        /// Where the backends' and agents' logs go (under `demo/`).
+        #[arg(long, value_name = "DIR", default_value = "bench-results")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // Watch the signals before starting anything, so that a Ctrl-C
+        // during start-up also stops what was started.
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            eprintln!("bench: cannot watch SIGINT/SIGTERM");
+            return ExitCode::FAILURE;
+        };
+        let signalled = async {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        };
+        let is_demo = matches!(cli.command, Cmd::Demo { .. });
+        // Dropping the command's future stops every process it started.
+        let result = tokio::select! {
+            r = run(cli.command) => r,
+            sig = signalled => {
+                eprintln!("bench: {sig} received, stopping");
+                if is_demo { Ok(()) } else { Err(anyhow::anyhow!("interrupted by {sig}")) }
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Demo { config, out } => demo::run(&config, &out).await,
+    }
+}
+
+/// Logs (ours and our children's failures) go to stderr; level from
+/// `RUST_LOG`, default `info`.
+fn tracing_init() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}

@@ -1,0 +1,288 @@
+//! The child processes a scenario starts: finding the binaries, spawning
+//! them with their logs in files, waiting until they answer, reading their
+//! CPU time and memory from `/proc`, and stopping them.
+//!
+//! Every [`Proc`] stops its process when dropped (SIGTERM, then SIGKILL
+//! after a grace period), so an error, a panic or a Ctrl-C that drops a
+//! scenario's future leaves nothing running. [`stop_all`] stops a group in
+//! parallel rather than one grace period after another.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How long a process gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// The directory holding `balancer`, `agent` and `backend`: the one the
+/// running `bench` executable sits in (`target/release` or `target/debug`).
+pub fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the bench executable has no parent directory")?;
+    // Test harnesses run from target/<profile>/deps; the binaries sit one up.
+    if dir.ends_with("deps") {
+        if let Some(up) = dir.parent() {
+            return Ok(up.to_path_buf());
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The path of one of the project's binaries, or an error that names it
+/// and the command that builds it.
+pub fn project_bin(name: &str) -> Result<PathBuf> {
+    let dir = bin_dir()?;
+    let path = dir.join(name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let profile = if dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    bail!(
+        "cannot find the `{name}` binary in {} (build it with `cargo build{profile} -p {name}`, \
+         or everything with `cargo build{profile}`)",
+        dir.display()
+    )
+}
+
+/// Finds a system program (nginx, haproxy, wrk) on `PATH` or in the sbin
+/// directories, which a non-root `PATH` often lacks.
+pub fn system_bin(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Fails with a message naming `addr` when something already listens there.
+pub fn ensure_free(addr: SocketAddr, what: &str) -> Result<()> {
+    match TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!("{what} address {addr} is busy ({e}): stop whatever listens there first"),
+    }
+}
+
+/// A free loopback port on `ip`, found by binding port 0. Another process
+/// could take it before our child binds it; the child then fails loudly.
+pub fn free_addr(ip: [u8; 4]) -> Result<SocketAddr> {
+    let listener =
+        TcpListener::bind((std::net::Ipv4Addr::from(ip), 0)).context("cannot find a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// One running child process, stopped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// Shown in messages and used for the log file's name.
+    pub name: String,
+    child: Child,
+    /// Where its stdout and stderr go, for error messages.
+    log: Option<PathBuf>,
+    stopped: bool,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdin closed and its output appended to `log`
+    /// (or inherited when `log` is `None`).
+    pub fn spawn(name: &str, mut cmd: Command, log: Option<&Path>) -> Result<Proc> {
+        cmd.stdin(Stdio::null());
+        if let Some(log) = log {
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file =
+                File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log: log.map(Path::to_path_buf),
+            stopped: false,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `addr` accepts TCP connections; fails at once if the
+    /// process exits first (with the end of its log) or after `timeout`.
+    pub async fn wait_listening(&mut self, addr: SocketAddr, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.stopped = true;
+                bail!(
+                    "{} exited ({status}) before listening on {addr}{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not listen on {addr} within {timeout:?}{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `None` while running; the exit status once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last lines of its log, formatted for an error message.
+    fn log_tail(&self) -> String {
+        let Some(log) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+        format!("; its log ({}) ends with:\n  {tail}", log.display())
+    }
+
+    /// CPU seconds used so far (user + system), from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    /// Resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> Option<u64> {
+        status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
+    }
+
+    /// Peak resident memory so far, in bytes (`VmHWM`).
+    pub fn peak_rss(&self) -> Option<u64> {
+        status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
+    }
+
+    /// Kills it at once (SIGKILL) and reaps it: a crash, for failover.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stopped = true;
+    }
+
+    /// Sends SIGTERM (without waiting).
+    fn terminate(&mut self) {
+        if self.stopped || self.exited().is_some() {
+            return;
+        }
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = self.child.kill();
+        }
+    }
+
+    /// Waits for the exit until `deadline`, then SIGKILLs and reaps.
+    fn reap(&mut self, deadline: Instant) {
+        if self.stopped {
+            return;
+        }
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                self.stopped = true;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_now();
+    }
+
+    /// SIGTERM, then SIGKILL after the grace period.
+    pub fn stop(&mut self) {
+        self.terminate();
+        self.reap(Instant::now() + GRACE);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Stops every process in `procs` in parallel: SIGTERM to all, then one
+/// shared grace period, then SIGKILL to the stragglers.
+pub fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter_mut() {
+        p.terminate();
+    }
+    let deadline = Instant::now() + GRACE;
+    for p in procs.iter_mut() {
+        p.reap(deadline);
+    }
+}
+
+/// Processes stopped together, in parallel, when the group is dropped.
+#[derive(Debug, Default)]
+pub struct Group(pub Vec<Proc>);
+
+impl Group {
+    /// Adds `p` and returns its index.
+    pub fn push(&mut self, p: Proc) -> usize {
+        self.0.push(p);
+        self.0.len() - 1
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        stop_all(&mut self.0);
+    }
+}
+
+/// `utime + stime` of a process in seconds (clock ticks assumed 100/s, as
+/// on every mainstream Linux configuration).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from the state (field 3).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// A command for one of the project's binaries, logging at `warn` so that
+/// per-request logs do not cost CPU during measurements.
+pub fn project_cmd(name: &str) -> Result<Command> {
+    let mut cmd = Command::new(project_bin(name)?);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    Ok(cmd)
+}
