@@ -7,7 +7,7 @@
 //! that agents are not polled in lockstep. A change between "reporting"
 //! and "not reporting" is logged once, not every poll.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use agent::LoadReport;
@@ -15,7 +15,8 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::backend::Backend;
-use crate::health::{error_chain, jitter, stagger};
+use crate::health::error_chain;
+use crate::monitor;
 use crate::pool::{MonitorClient, Pool};
 
 /// A report larger than this is not a report.
@@ -23,42 +24,33 @@ const MAX_REPORT: usize = 64 * 1024;
 
 /// Starts the poll loop of `backend`, the `slot`-th of `of` started together.
 pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: usize) {
-    tokio::spawn(async move {
-        let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.agent.interval) else {
-            return;
-        };
-        // Half the probe stagger: load data is wanted early after a start.
-        tokio::time::sleep(stagger(interval, slot, of) / 2).await;
-        let mut reporting: Option<bool> = None;
-        loop {
-            let (Some(pool), Some(backend)) = (pool.upgrade(), backend.upgrade()) else {
-                return;
-            };
-            if !pool.holds(&backend) {
-                return;
-            }
-            let config = Arc::clone(&pool.snapshot().config);
-            let a = &config.agent;
-            match poll(&pool.monitor_client, &backend, a.timeout).await {
+    let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.agent.interval) else {
+        return;
+    };
+    // Half the probe stagger: load data is wanted early after a start.
+    let offset = monitor::stagger(interval, slot, of) / 2;
+    monitor::every(
+        pool,
+        backend,
+        offset,
+        |c| c.agent.interval,
+        |pool, backend, config| async move {
+            match poll(&pool.monitor_client, &backend, config.agent.timeout).await {
                 Ok(report) => {
                     backend.store_load(report, tokio::time::Instant::now());
-                    if reporting != Some(true) {
+                    if backend.set_agent_reporting(true) {
                         tracing::info!(backend = %backend.addr, agent = %backend.agent, "agent reporting: cpu {:.2}, memory {:.2}", report.cpu, report.memory);
                     }
-                    reporting = Some(true);
                 }
                 Err(why) => {
                     backend.clear_load();
-                    if reporting != Some(false) {
+                    if backend.set_agent_reporting(false) {
                         tracing::warn!(backend = %backend.addr, agent = %backend.agent, "agent not reporting, load unknown: {why}");
                     }
-                    reporting = Some(false);
                 }
             }
-            drop((pool, backend));
-            tokio::time::sleep(jitter(a.interval)).await;
-        }
-    });
+        },
+    );
 }
 
 async fn poll(

@@ -6,7 +6,7 @@
 //! (replaced whole by the agent poller, read with one lock-free load).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -46,6 +46,9 @@ pub struct Backend {
     load: ArcSwapOption<LoadSample>,
     /// The latest error, for the status page.
     last_error: ArcSwapOption<ErrorNote>,
+    /// Whether the agent answered its last poll: 0 not polled yet, 1 yes,
+    /// 2 no. Only changes are logged.
+    agent_state: AtomicU8,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -101,6 +104,7 @@ impl Backend {
             latency: AtomicU64::new(0),
             load: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
+            agent_state: AtomicU8::new(0),
         }
     }
 
@@ -192,6 +196,12 @@ impl Backend {
         };
         self.load
             .store(Some(Arc::new(LoadSample { report, at, rate })));
+    }
+
+    /// Records whether the agent answered; true when that is a change.
+    pub fn set_agent_reporting(&self, reporting: bool) -> bool {
+        let state = if reporting { 1 } else { 2 };
+        self.agent_state.swap(state, Relaxed) != state
     }
 
     /// Forgets the load report: the load is unknown until the next good poll.

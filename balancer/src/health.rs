@@ -4,33 +4,31 @@
 //! takes a backend down at once — happens in the proxy.
 //!
 //! First probes are staggered across the interval and every interval is
-//! jittered by ±5 %, so probes of many backends (and of many balancers)
-//! never fire in lockstep. Only transitions are logged, with the reason.
+//! jittered by ±5 % (see [`crate::monitor`]). Only transitions are logged,
+//! with the reason.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 
 use crate::backend::{Backend, Transition};
+use crate::monitor;
 use crate::pool::{MonitorClient, Pool};
 
 /// Starts the probe loop of `backend`, the `slot`-th of `of` started together.
 pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: usize) {
-    tokio::spawn(async move {
-        let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.health.interval) else {
-            return;
-        };
-        tokio::time::sleep(stagger(interval, slot, of)).await;
-        loop {
-            let (Some(pool), Some(backend)) = (pool.upgrade(), backend.upgrade()) else {
-                return;
-            };
-            if !pool.holds(&backend) {
-                return;
-            }
-            let config = Arc::clone(&pool.snapshot().config);
+    let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.health.interval) else {
+        return;
+    };
+    let offset = monitor::stagger(interval, slot, of);
+    monitor::every(
+        pool,
+        backend,
+        offset,
+        |c| c.health.interval,
+        |pool, backend, config| async move {
             let h = &config.health;
             let result = probe(&pool.monitor_client, &backend, &h.path, h.timeout).await;
             match (
@@ -45,10 +43,8 @@ pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: u
                 }
                 _ => {}
             }
-            drop((pool, backend));
-            tokio::time::sleep(jitter(h.interval)).await;
-        }
-    });
+        },
+    );
 }
 
 /// One probe: `Ok` on a 2xx or 3xx answer within `timeout`.
@@ -86,17 +82,6 @@ async fn probe(
         Ok(r) => r,
         Err(_) => Err(format!("GET {path} timed out after {timeout:?}")),
     }
-}
-
-/// The offset of the first probe of the `slot`-th of `of` backends: spread
-/// evenly over one interval.
-pub(crate) fn stagger(interval: Duration, slot: usize, of: usize) -> Duration {
-    interval.mul_f64(slot as f64 / of.max(1) as f64)
-}
-
-/// `interval` ± 5 %.
-pub(crate) fn jitter(interval: Duration) -> Duration {
-    interval.mul_f64(0.95 + fastrand::f64() * 0.1)
 }
 
 /// An error and its causes on one line ("client error (Connect): tcp

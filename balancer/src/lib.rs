@@ -9,7 +9,8 @@
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot.
-//! - [`health`]: active probes; [`agent_poll`]: load reports from agents.
+//! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
+//!   [`monitor`]: the staggered, jittered loop both run.
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
@@ -23,6 +24,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod monitor;
 pub mod pool;
 pub mod proxy;
 pub mod select;
