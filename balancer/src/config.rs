@@ -8,18 +8,18 @@
 //! string again, and every error can point at the exact place in the file.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compress;
+
+mod raw;
+use raw::{RawCompression, RawConfig};
 
 /// The whole validated configuration. Cheap to clone: reloads build a new
 /// one and swap it in whole.
@@ -275,124 +275,6 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         }
     }
     (line, col)
-}
-
-// ---------------------------------------------------------------------------
-// Stage 1: the file as written.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    listen: Spanned<String>,
-    backends: Spanned<Vec<Spanned<RawBackend>>>,
-    #[serde(default)]
-    balance: RawBalance,
-    #[serde(default)]
-    health: RawHealth,
-    #[serde(default)]
-    agent: RawAgent,
-    #[serde(default)]
-    compression: RawCompression,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-    #[serde(default)]
-    admin: RawAdmin,
-}
-
-/// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
-struct RawBackend {
-    addr: Spanned<String>,
-    agent: Option<Spanned<String>>,
-    weight: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackendTable {
-    addr: Spanned<String>,
-    agent: Option<Spanned<String>>,
-    weight: Option<Spanned<i64>>,
-}
-
-impl<'de> Deserialize<'de> for RawBackend {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawBackend;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a backend as "IP:port" or { addr = "IP:port", agent = "IP:port", weight = N }"#)
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawBackend, E> {
-                // A plain string has no span of its own here; the caller's
-                // `Spanned<RawBackend>` carries it, so use an empty one.
-                Ok(RawBackend {
-                    addr: Spanned::new(0..0, s.to_owned()),
-                    agent: None,
-                    weight: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
-                let t = RawBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawBackend {
-                    addr: t.addr,
-                    agent: t.agent,
-                    weight: t.weight,
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawBalance {
-    strategy: Option<Spanned<String>>,
-    retries: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    path: Option<Spanned<String>>,
-    interval: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    fall: Option<Spanned<i64>>,
-    rise: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    port: Option<Spanned<i64>>,
-    interval: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawCompression {
-    gzip: Option<bool>,
-    level: Option<Spanned<i64>>,
-    min_size: Option<Spanned<i64>>,
-    types: Option<Vec<Spanned<String>>>,
-    encodings: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    connect: Option<Spanned<String>>,
-    request: Option<Spanned<String>>,
-    idle: Option<Spanned<String>>,
-    header: Option<Spanned<String>>,
-    drain: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------
