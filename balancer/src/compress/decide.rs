@@ -37,13 +37,15 @@ pub enum Decision {
 ///   compressed twice;
 /// - there is no `Content-Range`;
 /// - there is no `Cache-Control: no-transform` among the directives;
-/// - `Content-Type` matches one of `settings.types`;
-/// - `Content-Length`, when present and valid, is at least
-///   `settings.min_size`. Unknown length is eligible.
+/// - `Content-Type` matches one of `settings.types`.
 ///
 /// An eligible response is compressed when the client accepted one of our
-/// codings, the request is not `HEAD`, and the status is not `304`. Otherwise
-/// it passes through with `vary: true`. An ineligible response passes
+/// codings, the request is not `HEAD`, the status is not `304`, and its
+/// `Content-Length`, when present and valid, is at least `settings.min_size`
+/// (unknown length is compressed). Otherwise it passes through with
+/// `vary: true`: the contract gives every uncompressed response of a
+/// compressible type `Vary`, and a larger body of the same resource would be
+/// compressed. An ineligible response passes
 /// through with `vary: false`, because no client would get it compressed.
 /// `HEAD` gets the `Vary` its `GET` would get.
 pub fn decide(
@@ -61,14 +63,16 @@ pub fn decide(
         && !already_encoded(resp_headers)
         && !resp_headers.contains_key(CONTENT_RANGE)
         && !no_transform(resp_headers)
-        && compressible_type(resp_headers, settings)
-        && !too_small(resp_headers, settings.min_size);
+        && compressible_type(resp_headers, settings);
     if !eligible {
         return NO;
     }
     match accepted.encoding() {
         Some(encoding)
-            if has_body && method != Method::HEAD && settings.encodings.contains(&encoding) =>
+            if has_body
+                && method != Method::HEAD
+                && !too_small(resp_headers, settings.min_size)
+                && settings.encodings.contains(&encoding) =>
         {
             Decision::Compress(encoding)
         }
@@ -182,11 +186,11 @@ mod tests {
             ("image not listed", Method::GET, Some("gzip"), 200, &[("content-type", "image/png")], NO),
             ("no Content-Type", Method::GET, Some("gzip"), 200, &[], NO),
             ("malformed Content-Type", Method::GET, Some("gzip"), 200, &[("content-type", "text")], NO),
-            ("length min-1", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "1023")], NO),
+            ("length min-1: Vary only", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "1023")], VARY),
             ("length min", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "1024")], GZ),
-            ("length 0", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "0")], NO),
+            ("length 0: Vary only", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "0")], VARY),
             ("length large", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "10000000")], GZ),
-            ("length small, client refuses", Method::GET, None, 200, &[HTML, ("content-length", "10")], NO),
+            ("length small, client refuses", Method::GET, None, 200, &[HTML, ("content-length", "10")], VARY),
             ("length unparsable = unknown", Method::GET, Some("gzip"), 200, &[HTML, ("content-length", "lots")], GZ),
             ("not compressible, no Vary", Method::GET, None, 200, &[("content-type", "image/png")], NO),
         ];
