@@ -89,11 +89,6 @@ impl HostCgroup {
         out
     }
 
-    /// Where the group lives, for the report.
-    pub fn path(&self) -> &Path {
-        &self.dirs[0]
-    }
-
     fn kill_members(&self) {
         for d in &self.dirs {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();

@@ -98,11 +98,6 @@ impl Hosts {
         Ok(())
     }
 
-    /// The backend addresses, in host order.
-    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
-        self.hosts.iter().map(|h| h.backend).collect()
-    }
-
     /// Stops all of them in parallel.
     pub fn stop(mut self) {
         let mut all: Vec<Proc> = self
@@ -129,7 +124,8 @@ pub struct LbConfig {
     pub strategy: &'static str,
     /// `[agent] interval`.
     pub agent_interval: &'static str,
-    pub gzip: bool,
+    /// The gzip level, or no compression.
+    pub gzip: Option<u32>,
 }
 
 impl LbConfig {
@@ -140,7 +136,7 @@ impl LbConfig {
             admin: free_addr([127, 0, 0, 1])?,
             strategy: "least-loaded",
             agent_interval: "1s",
-            gzip: true,
+            gzip: Some(6),
         })
     }
 
@@ -157,8 +153,12 @@ impl LbConfig {
         let _ = write!(
             s,
             "]\n\n[balance]\nstrategy = \"{}\"\n\n[agent]\ninterval = \"{}\"\n\n\
-             [compression]\ngzip = {}\nlevel = 6\n\n[admin]\nlisten = \"{}\"\n",
-            self.strategy, self.agent_interval, self.gzip, self.admin
+             [compression]\ngzip = {}\nlevel = {}\n\n[admin]\nlisten = \"{}\"\n",
+            self.strategy,
+            self.agent_interval,
+            self.gzip.is_some(),
+            self.gzip.unwrap_or(6),
+            self.admin
         );
         s
     }

@@ -8,13 +8,22 @@
 //! - [`procs`]: child processes: spawn, wait, measure (`/proc`), stop.
 //! - [`cluster`]: simulated hosts (backend + agent) and generated `lb.toml`s.
 //! - [`cgroup`]: CPU-quota cgroups (v1 or v2) for simulated hosts.
+//! - [`proxies`]: nginx and HAProxy configurations, and how to start each.
+//! - [`load`]: the load driver (open and closed loop, HDR histograms).
+//! - [`report`]: Markdown tables, SVG charts and raw JSON per scenario.
+//! - [`scenarios`]: `stressed-host`, `throughput`, `gzip`, `failover`,
+//!   `idle-conns`, and `all`.
 
 #![forbid(unsafe_code)]
 
 mod cgroup;
 mod cluster;
 mod demo;
+mod load;
 mod procs;
+mod proxies;
+mod report;
+mod scenarios;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +51,43 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Four hosts in CPU cgroups, one of them busy: every strategy's
+    /// latency and per-host share, then the same with no host busy (root).
+    StressedHost(Opts),
+    /// Requests/s, latency, CPU per request and peak RSS: our balancer,
+    /// nginx, HAProxy, and straight to a backend.
+    Throughput(Opts),
+    /// gzip of 10 KB HTML and 100 KB JSON at levels 1 and 6: ours against
+    /// nginx (and HAProxy at level 1).
+    Gzip(Opts),
+    /// A backend killed and restarted under steady load: failed requests,
+    /// time to route around it and to bring it back.
+    Failover(Opts),
+    /// 10,000 idle keep-alive connections: memory per connection, ours
+    /// against nginx and HAProxy.
+    IdleConns(Opts),
+    /// Every scenario in turn, then a summary of all goals.
+    All(Opts),
+}
+
+/// Options shared by the scenarios.
+#[derive(Debug, clap::Args)]
+struct Opts {
+    /// Short runs, one round: the whole scenario in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Reports go to DIR/<scenario>/ (report.md, report.json, *.svg).
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: PathBuf,
+}
+
+impl Opts {
+    fn ctx(self) -> scenarios::Ctx {
+        scenarios::Ctx {
+            out: self.out,
+            quick: self.quick,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,6 +141,12 @@ fn main() -> ExitCode {
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Demo { config, out } => demo::run(&config, &out).await,
+        Cmd::StressedHost(o) => scenarios::run("stressed-host", &o.ctx()).await.map(drop),
+        Cmd::Throughput(o) => scenarios::run("throughput", &o.ctx()).await.map(drop),
+        Cmd::Gzip(o) => scenarios::run("gzip", &o.ctx()).await.map(drop),
+        Cmd::Failover(o) => scenarios::run("failover", &o.ctx()).await.map(drop),
+        Cmd::IdleConns(o) => scenarios::run("idle-conns", &o.ctx()).await.map(drop),
+        Cmd::All(o) => scenarios::all(&o.ctx()).await,
     }
 }
 

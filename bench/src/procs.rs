@@ -286,3 +286,22 @@ pub fn project_cmd(name: &str) -> Result<Command> {
     }
     Ok(cmd)
 }
+
+/// This process's hard limit on open files (`/proc/self/limits`), which
+/// children inherit and, without `CAP_SYS_RESOURCE`, cannot raise.
+pub fn nofile_hard_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let hard = line.split_whitespace().nth(4)?;
+    if hard == "unlimited" {
+        return Some(u64::MAX);
+    }
+    hard.parse().ok()
+}
+
+/// The most client connections a proxy that may need two descriptors per
+/// connection (HAProxy's `maxconn` rule) can be given under that limit.
+pub fn max_proxy_conns() -> u64 {
+    let hard = nofile_hard_limit().unwrap_or(20_000).min(200_000);
+    (hard / 2).saturating_sub(300).max(100)
+}

@@ -1,0 +1,189 @@
+//! The proxies compared side by side: ours, nginx and HAProxy, each with a
+//! generated configuration in a directory under the scenario's results,
+//! one worker thread, loopback only, keep-alive to the backends (nginx
+//! `upstream keepalive` + HTTP/1.1 with `Connection ""`, HAProxy
+//! `http-reuse always`), plus "direct" (the load straight to one backend,
+//! the ceiling).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::cluster::{Host, LbConfig, START_TIMEOUT};
+use crate::procs::{free_addr, system_bin, Proc};
+
+/// What nginx/HAProxy need to be installed.
+pub const INSTALL_HINT: &str = "install with: apt-get install nginx haproxy wrk";
+
+/// A load target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ours,
+    Nginx,
+    Haproxy,
+    /// Straight to the first backend: no proxy.
+    Direct,
+}
+
+impl Kind {
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ours => "balancer",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Direct => "direct",
+        }
+    }
+}
+
+/// Settings shared by all proxies of a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts {
+    /// gzip at this level for compressible types of at least 1 KiB; off
+    /// when `None`. (HAProxy compresses at its `tune.comp.maxlevel`.)
+    pub gzip: Option<u32>,
+}
+
+/// A started proxy (or the direct target).
+#[derive(Debug)]
+pub struct Proxy {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    /// `None` for [`Kind::Direct`].
+    pub proc: Option<Proc>,
+}
+
+/// Starts `kind` in front of `hosts`, or says why it is skipped
+/// (`Ok(Err(reason))`) when its program is not installed.
+pub async fn start(
+    kind: Kind,
+    hosts: &[Host],
+    dir: &Path,
+    opts: Opts,
+) -> Result<Result<Proxy, String>> {
+    let dir = dir.join(kind.name());
+    std::fs::create_dir_all(&dir)?;
+    let addr = free_addr([127, 0, 0, 1])?;
+    let mut proc = match kind {
+        Kind::Direct => {
+            return Ok(Ok(Proxy {
+                kind,
+                addr: hosts[0].backend,
+                proc: None,
+            }))
+        }
+        Kind::Ours => {
+            let lb = LbConfig {
+                listen: addr,
+                gzip: opts.gzip,
+                ..LbConfig::local()?
+            };
+            let p = lb.start(hosts, 1, &dir, "balancer").await?;
+            return Ok(Ok(Proxy {
+                kind,
+                addr,
+                proc: Some(p),
+            }));
+        }
+        Kind::Nginx => {
+            let Some(bin) = system_bin("nginx") else {
+                return Ok(Err(format!(
+                    "nginx skipped: not installed ({INSTALL_HINT})"
+                )));
+            };
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(addr, hosts, &dir, opts))?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(dir.join("error.log"));
+            Proc::spawn("nginx", cmd, Some(&dir.join("stderr.log")))?
+        }
+        Kind::Haproxy => {
+            let Some(bin) = system_bin("haproxy") else {
+                return Ok(Err(format!(
+                    "haproxy skipped: not installed ({INSTALL_HINT})"
+                )));
+            };
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_conf(addr, hosts, opts))?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-db").arg("-f").arg(&conf);
+            Proc::spawn("haproxy", cmd, Some(&dir.join("stderr.log")))?
+        }
+    };
+    proc.wait_listening(addr, START_TIMEOUT).await?;
+    Ok(Ok(Proxy {
+        kind,
+        addr,
+        proc: Some(proc),
+    }))
+}
+
+/// The MIME types every proxy compresses in the gzip scenario.
+const GZIP_TYPES: &str =
+    "text/plain text/html application/json application/javascript application/xml image/svg+xml";
+
+/// nginx: one process (no master), one worker, no access log, temp files
+/// in `dir`, keep-alive both ways without a per-connection request cap.
+fn nginx_conf(addr: SocketAddr, hosts: &[Host], dir: &Path, opts: Opts) -> String {
+    let d = dir.display();
+    let nofile = crate::procs::nofile_hard_limit()
+        .unwrap_or(20_000)
+        .min(200_000);
+    let conns = crate::procs::max_proxy_conns();
+    let mut servers = String::new();
+    for h in hosts {
+        let _ = writeln!(servers, "        server {};", h.backend);
+    }
+    let gzip = if let Some(level) = opts.gzip {
+        format!(
+            "    gzip on;\n    gzip_comp_level {level};\n    gzip_min_length 1024;\n    gzip_proxied any;\n    \
+             gzip_vary on;\n    gzip_types {GZIP_TYPES};\n"
+        )
+    } else {
+        "    gzip off;\n".to_string()
+    };
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\n\
+         pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\n\
+         events {{\n    worker_connections {conns};\n}}\n\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/client_body;\n    \
+         proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    \
+         scgi_temp_path {d}/scgi;\n    keepalive_timeout 60s;\n    keepalive_requests 100000000;\n{gzip}\n    \
+         upstream backends {{\n{servers}        keepalive 64;\n        keepalive_requests 100000000;\n    }}\n\n    \
+         server {{\n        listen {addr};\n        location / {{\n            proxy_pass http://backends;\n            \
+         proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
+    )
+}
+
+/// HAProxy: one thread, round robin, connections to backends reused
+/// across clients (`http-reuse always`), no health checks (nginx has none
+/// either), no logging.
+fn haproxy_conf(addr: SocketAddr, hosts: &[Host], opts: Opts) -> String {
+    let mut servers = String::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let _ = writeln!(servers, "    server s{} {}", i + 1, h.backend);
+    }
+    let maxlevel = opts.gzip.unwrap_or(1);
+    let maxconn = crate::procs::max_proxy_conns();
+    let gzip = if opts.gzip.is_some() {
+        format!("    compression algo gzip\n    compression type {GZIP_TYPES}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "global\n    nbthread 1\n    maxconn {maxconn}\n    tune.comp.maxlevel {maxlevel}\n\n\
+         defaults\n    mode http\n    option http-keep-alive\n    timeout connect 1s\n    \
+         timeout client 60s\n    timeout server 30s\n    timeout http-keep-alive 60s\n\n\
+         frontend fe\n    bind {addr}\n{gzip}    default_backend be\n\n\
+         backend be\n    balance roundrobin\n    http-reuse always\n{servers}"
+    )
+}
