@@ -29,6 +29,10 @@ const STRATEGIES: [&str; 4] = ["round-robin", "least-connections", "random", "le
 const MIX: [&str; 3] = ["/work?ms=5", "/work?ms=10", "/work?ms=20"];
 /// Requests in flight at once.
 const CONCURRENCY: usize = 6;
+/// Spinning processes in the stressed host's cgroup: CPU time there is
+/// shared per thread, so three burners leave a backend thread about a
+/// quarter of its host, as other work that outnumbers it would.
+const BURNERS: usize = 3;
 /// CPU quota per host: 25 ms per 100 ms period.
 const QUOTA: (u64, u64) = (25_000, 100_000);
 
@@ -69,16 +73,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     let cluster = Hosts::start(hosts, 1, &work.join("logs"), &groups).await?;
     let mut runs = Vec::new();
     for (condition, stressed) in [("one host stressed", true), ("no host stressed", false)] {
-        let _burner = if stressed {
-            let mut sh = std::process::Command::new("sh");
-            sh.args(["-c", "while :; do :; done"]);
-            let p = Proc::spawn("burner", groups[0].wrap(&sh), None)?;
+        let mut burners = Vec::new();
+        if stressed {
+            for _ in 0..BURNERS {
+                let mut sh = std::process::Command::new("sh");
+                sh.args(["-c", "while :; do :; done"]);
+                burners.push(Proc::spawn("burner", groups[0].wrap(&sh), None)?);
+            }
             // Let host-1's agent see the burn before the first run.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            Some(p)
-        } else {
-            None
-        };
+        }
         for strategy in STRATEGIES {
             let lb = LbConfig {
                 strategy,
@@ -111,14 +115,15 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
                 result,
             });
         }
+        crate::procs::stop_all(&mut burners);
     }
     cluster.stop();
     drop(groups);
 
     rep.para(&format!(
         "Four simulated hosts on 127.0.0.2..5, each a `backend` and an `agent` in its own cgroup ({version}) \
-         limited to {:.2} core; host-1's cgroup also runs a CPU burner (a shell spinning) in the stressed \
-         condition. {requests} requests of `{}` in turn, {CONCURRENCY} at a time (closed loop), through \
+         limited to {:.2} core; host-1's cgroup also runs a CPU burner ({BURNERS} spinning shells) in the \
+         stressed condition. {requests} requests of `{}` in turn, {CONCURRENCY} at a time (closed loop), through \
          `balancer --threads 1` with each strategy (agent polls every 250 ms). Latencies in ms.",
         QUOTA.0 as f64 / QUOTA.1 as f64,
         MIX.join("`, `"),
