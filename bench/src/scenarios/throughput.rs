@@ -222,7 +222,17 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
         r
     };
     let ours = |f: fn(&Figures) -> &Vec<f64>| med("balancer", f);
+    let wrk_best = ["nginx", "haproxy"]
+        .iter()
+        .filter_map(|k| figs.get(k).and_then(|f| f.wrk_rps))
+        .reduce(f64::max);
+    let wrk_ours = figs.get("balancer").and_then(|f| f.wrk_rps);
     let goals = vec![
+        Goal::at_least(
+            "requests/s (wrk -t1 -c64): ours / better of nginx, HAProxy",
+            1.2,
+            ratio(wrk_ours, wrk_best),
+        ),
         Goal::at_least(
             "requests/s: ours / better of nginx, HAProxy",
             1.2,
