@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use agent::LoadReport;
 use arc_swap::ArcSwapOption;
@@ -40,8 +40,13 @@ pub struct Backend {
     /// Failed attempts (connect errors, timeouts, protocol errors), ever.
     errors: AtomicU64,
     /// Moving average of request durations (send to last body byte), in
-    /// seconds, as `f64` bits: the upper bound on a request's CPU cost.
+    /// seconds, as `f64` bits: how fast this host really serves, and the
+    /// upper bound on a request's CPU cost.
     latency: AtomicU64,
+    /// When the last duration was recorded, in nanoseconds since `born`.
+    latency_at: AtomicU64,
+    /// When this backend entered the pool: the origin of `latency_at`.
+    born: Instant,
     /// The latest good load report, or `None` while the load is unknown.
     load: ArcSwapOption<LoadSample>,
     /// The latest error, for the status page.
@@ -102,6 +107,8 @@ impl Backend {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: AtomicU64::new(0),
+            latency_at: AtomicU64::new(0),
+            born: Instant::now(),
             load: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             agent_state: AtomicU8::new(0),
@@ -116,6 +123,8 @@ impl Backend {
             requests: AtomicU64::new(old.requests.load(Relaxed)),
             errors: AtomicU64::new(old.errors.load(Relaxed)),
             latency: AtomicU64::new(old.latency.load(Relaxed)),
+            latency_at: AtomicU64::new(old.latency_at.load(Relaxed)),
+            born: old.born,
             ..Backend::new(cfg, 1, 1)
         };
         if cfg.agent == old.agent {
@@ -167,14 +176,16 @@ impl Backend {
 
     /// Folds one request's duration into the moving average. Concurrent
     /// updates may lose a sample; an average does not mind.
-    fn record_latency(&self, secs: f64) {
+    fn record_latency(&self, secs: f64, now: Instant) {
         let old = f64::from_bits(self.latency.load(Relaxed));
         let new = if old == 0.0 {
             secs
         } else {
-            0.9 * old + 0.1 * secs
+            0.7 * old + 0.3 * secs
         };
         self.latency.store(new.to_bits(), Relaxed);
+        let at = now.saturating_duration_since(self.born).as_nanos() as u64;
+        self.latency_at.store(at, Relaxed);
     }
 
     /// Records a failed attempt.
@@ -218,16 +229,20 @@ impl Backend {
     /// What the selection strategies see of this backend at `now`.
     pub fn view(&self, now: Instant) -> View {
         let guard = self.load.load();
+        let latency = f64::from_bits(self.latency.load(Relaxed));
+        let latency_at = self.born + Duration::from_nanos(self.latency_at.load(Relaxed));
         View {
             up: self.is_up(),
             weight: self.weight,
             in_flight: self.in_flight.load(Relaxed),
+            latency,
+            latency_age: now.saturating_duration_since(latency_at),
             load: guard.as_deref().map(|s| LoadView {
                 util: utilization(&s.report),
                 age: now.saturating_duration_since(s.at),
                 rate: s.rate,
                 // A request keeps at most one core busy for its duration.
-                cost: f64::from_bits(self.latency.load(Relaxed)) / f64::from(s.report.cores.max(1)),
+                cost: latency / f64::from(s.report.cores.max(1)),
                 dispatched: self.dispatched.load(Relaxed),
             }),
         }
@@ -318,8 +333,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Relaxed);
-        self.backend
-            .record_latency(self.start.elapsed().as_secs_f64());
+        let now = Instant::now();
+        let secs = now.saturating_duration_since(self.start).as_secs_f64();
+        self.backend.record_latency(secs, now);
     }
 }
 

@@ -18,6 +18,10 @@ pub struct View {
     pub weight: u32,
     /// Requests this balancer has in flight there now.
     pub in_flight: u32,
+    /// Moving average of its request durations, seconds (0: none yet).
+    pub latency: f64,
+    /// Time since the last request there finished.
+    pub latency_age: Duration,
     /// The latest load report, if one is held.
     pub load: Option<LoadView>,
 }
@@ -28,6 +32,8 @@ impl View {
         up: false,
         weight: 1,
         in_flight: 0,
+        latency: 0.0,
+        latency_age: Duration::ZERO,
         load: None,
     };
 }
@@ -66,12 +72,34 @@ impl Params {
     pub fn expiry(&self) -> Duration {
         self.interval * 4
     }
+
+    /// How fast a backend's measured slowness is forgotten when it gets no
+    /// traffic (the time constant of the decay toward "as fast as the
+    /// others"), so a host avoided for being slow is tried again.
+    pub fn latency_memory(&self) -> Duration {
+        self.interval * 10
+    }
 }
 
 /// Share of `least-loaded` picks made at random among healthy backends, so
-/// that a host which looked busy keeps receiving a trickle of traffic and
-/// never starves on a stale report (Traefik #12306).
-pub const PROBE_FLOOR: f64 = 0.02;
+/// that a host which looked busy keeps receiving a trickle of traffic and is
+/// never starved forever (Traefik #12306). Small, because agents keep the
+/// load data of an unused host fresh anyway, and every random pick to a
+/// busy host is a slow request.
+pub const PROBE_FLOOR: f64 = 0.01;
+
+/// The most that requests sent since a report can add to a host's
+/// estimated utilization before the next report.
+pub const MAX_EXTRA: f64 = 0.25;
+
+/// The latency factor's dead band: a host counts as slow only beyond this
+/// multiple of the pool's median request duration...
+const SLOW_RATIO: f64 = 1.5;
+/// ...plus this many seconds, so that noise (a cold connection, a
+/// scheduler hiccup on sub-millisecond requests) never counts.
+const SLOW_SLACK: f64 = 0.005;
+/// A slow host counts at most this many times as loaded.
+const SLOW_MAX: f64 = 4.0;
 
 /// The smallest spare capacity a host is credited with, so a host reported
 /// at 100 % still ranks (as 20 times busier than an idle one) instead of
@@ -99,8 +127,10 @@ const MIN_SPARE: f64 = 0.05;
 ///    takes, so it is the mean request duration over the host's cores.
 ///    Quick requests barely move the estimate; CPU-heavy ones move it a
 ///    lot, which is exactly when a poll interval of traffic would
-///    otherwise pile onto one host. Only increases count: a bound may
-///    overestimate, and must never make a host look idler than it said.
+///    otherwise pile onto one host. Only increases count, and at most
+///    [`MAX_EXTRA`]: the cost is an upper bound (much of a request's
+///    duration is network, not the host's CPU), so it may damp but must
+///    not overrule the report; the next report tells the truth.
 pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
     let Some(l) = load else { return median };
     let (fresh, expiry) = (p.fresh(), p.expiry());
@@ -124,13 +154,42 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
     } else {
         l.dispatched as f64 / age
     };
-    let extra = l.cost * (rate_now - l.rate).max(0.0);
+    let extra = (l.cost * (rate_now - l.rate).max(0.0)).min(MAX_EXTRA);
     (base + extra).clamp(0.0, 1.0)
+}
+
+/// How much slower than its peers a backend has been serving, as a
+/// multiplier of its score: 1 for a host in line with the pool, up to 4 for
+/// one grossly slower, fading back to 1 as its last measurement ages
+/// ([`Params::latency_memory`]) so that an avoided host is tried again.
+///
+/// CPU utilization saturates: a host at 100 % with our requests and a host
+/// at 100 % with noisy neighbours report the same number, but requests on
+/// the second take several times longer. The balancer measures that itself
+/// (the idea behind linkerd's and Finagle's Peak-EWMA, and Prequal's
+/// finding that latency is a better signal than CPU). It is a guard, not a
+/// ranking: within a dead band (1.5 × the median plus 5 ms) differences are
+/// noise and count for nothing, and being faster than the median earns no
+/// bonus — otherwise the host with the warmest connections would win every
+/// sequential request and the others would never be measured again.
+///
+/// `factor = 1 + max(0, latency − 1.5 × median − 5 ms) / (median + 5 ms)`,
+/// at most 4; 1 when either side has no measurement.
+pub fn latency_factor(v: &View, median: f64, p: &Params) -> f64 {
+    if v.latency <= 0.0 || median <= 0.0 {
+        return 1.0;
+    }
+    let excess = (v.latency - SLOW_RATIO * median - SLOW_SLACK).max(0.0);
+    let raw = (1.0 + excess / (median + SLOW_SLACK)).min(SLOW_MAX);
+    let memory = p.latency_memory().as_secs_f64().max(1e-3);
+    let fade = (-v.latency_age.as_secs_f64() / memory).exp();
+    1.0 + (raw - 1.0) * fade
 }
 
 /// The `least-loaded` score: lower is better.
 ///
-/// `(1 + in_flight / weight) / spare`, with `spare = 1 − utilization`:
+/// `(1 + in_flight / weight) × slowness / spare`, with
+/// `spare = 1 − utilization` and `slowness` the [`latency_factor`]:
 /// the time a new request can expect to take if it queues behind the
 /// requests already in flight on a host that has `spare` of its capacity
 /// free. The weight scales the queue (a weight-2 host serves twice the
@@ -144,36 +203,61 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// (32 concurrent requests to an idle host and two half-busy ones split
 /// about 16/8/8, not 32/0/0). With nothing in flight, as for sequential
 /// traffic, the order is the agents' order: the least utilized host wins.
-pub fn score(v: &View, median: f64, p: &Params) -> f64 {
-    let util = estimated_util(v.load.as_ref(), median, p);
+/// `slowness` tells apart hosts that utilization alone cannot: two hosts
+/// at 100 %, one of them twice as slow per request.
+pub fn score(v: &View, medians: Medians, p: &Params) -> f64 {
+    let util = estimated_util(v.load.as_ref(), medians.util, p);
     let spare = (1.0 - util).max(MIN_SPARE);
-    (1.0 + f64::from(v.in_flight) / f64::from(v.weight.max(1))) / spare
+    let queue = 1.0 + f64::from(v.in_flight) / f64::from(v.weight.max(1));
+    queue * latency_factor(v, medians.latency, p) / spare
+}
+
+/// The pool-wide references a score compares a backend with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Medians {
+    /// Median utilization of the known loads ([`median_util`]).
+    pub util: f64,
+    /// Median request duration of the healthy backends that have one.
+    pub latency: f64,
 }
 
 /// The median utilization of the backends whose report has not expired,
 /// or 0.5 when none has one (then every backend ranks alike anyway).
 pub fn median_util(n: usize, view: impl Fn(usize) -> View, p: &Params) -> f64 {
+    let known = (0..n).filter_map(|i| view(i).load.filter(|l| l.age < p.expiry()));
+    median(known.map(|l| l.util), false).unwrap_or(0.5)
+}
+
+/// The lower median request duration of the healthy backends that have
+/// one (0 when none has): the lower one so that, of two hosts, the slow one
+/// is compared with the fast one and not with their average.
+pub fn median_latency(n: usize, view: impl Fn(usize) -> View) -> f64 {
+    let measured = (0..n).map(&view).filter(|v| v.up && v.latency > 0.0);
+    median(measured.map(|v| v.latency), true).unwrap_or(0.0)
+}
+
+/// The median of up to 64 values, without allocating; of an even count,
+/// the lower middle one when `low`, else the mean of the two.
+fn median(values: impl Iterator<Item = f64>, low: bool) -> Option<f64> {
     let mut buf = [0.0f64; 64];
     let mut len = 0;
-    for i in 0..n {
-        if let Some(l) = view(i).load {
-            if l.age < p.expiry() && len < buf.len() {
-                buf[len] = l.util;
-                len += 1;
-            }
-        }
+    for v in values.take(buf.len()) {
+        buf[len] = v;
+        len += 1;
     }
     let known = &mut buf[..len];
     if known.is_empty() {
-        return 0.5;
+        return None;
     }
     known.sort_unstable_by(f64::total_cmp);
     let mid = known.len() / 2;
-    if known.len() % 2 == 1 {
+    Some(if known.len() % 2 == 1 {
         known[mid]
+    } else if low {
+        known[mid - 1]
     } else {
         (known[mid - 1] + known[mid]) / 2.0
-    }
+    })
 }
 
 /// Everything a pick needs besides the views.
@@ -217,9 +301,12 @@ pub fn pick(
             if rng.f64() < PROBE_FLOOR {
                 return weighted_random(n, &view, eligible, rng);
             }
-            let median = median_util(n, &view, &how.params);
+            let medians = Medians {
+                util: median_util(n, &view, &how.params),
+                latency: median_latency(n, &view),
+            };
             lowest(n, &view, eligible, rng, |i| {
-                score(&view(i), median, &how.params)
+                score(&view(i), medians, &how.params)
             })
         }
     }

@@ -21,6 +21,8 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         up: true,
         weight: 1,
         in_flight,
+        latency: 0.0,
+        latency_age: Duration::ZERO,
         load: util,
     }
 }
@@ -52,10 +54,10 @@ fn requests_sent_since_the_report_raise_the_estimate_but_never_lower_it() {
     };
     // (dispatched in the half second since the report, expected utilization)
     let table = [
-        (0, 0.3),    // sending less than before: no change (never looks idler)
-        (50, 0.3),   // the same rate (100/s): no change
-        (150, 0.5),  // 200/s now, 100/s more than measured: +0.2
-        (1000, 1.0), // far more: capped at fully busy
+        (0, 0.3),     // sending less than before: no change (never looks idler)
+        (50, 0.3),    // the same rate (100/s): no change
+        (150, 0.5),   // 200/s now, 100/s more than measured: +0.2
+        (1000, 0.55), // far more: at most +0.25 before the next report
     ];
     for (dispatched, want) in table {
         let l = LoadView { dispatched, ..base };
@@ -93,9 +95,51 @@ fn score_ranks_by_spare_capacity_and_queue() {
         ),
     ];
     for (v, want) in table {
-        let got = score(&v, 0.5, &P);
+        let medians = Medians {
+            util: 0.5,
+            latency: 0.0,
+        };
+        let got = score(&v, medians, &P);
         assert!((got - want).abs() < 1e-9, "{v:?}: {got} != {want}");
     }
+}
+
+#[test]
+fn latency_factor_compares_with_the_median_and_fades_with_age() {
+    let v = |latency: f64, age_s: u64| View {
+        latency,
+        latency_age: Duration::from_secs(age_s),
+        ..view(None, 0)
+    };
+    // (view, median, expected factor); P's memory is 10 s.
+    let table = [
+        (v(0.010, 0), 0.010, 1.0),                          // as fast as the others
+        (v(0.001, 0), 0.010, 1.0),                          // faster: no bonus
+        (v(0.020, 0), 0.010, 1.0),                          // within 1.5 × median + 5 ms: noise
+        (v(0.0025, 0), 0.0005, 1.0), // a slow sample of a 0.5 ms request: noise
+        (v(0.050, 0), 0.010, 3.0),   // 1 + (50 - 15 - 5) / (10 + 5)
+        (v(0.500, 0), 0.010, 4.0),   // bounded at 4
+        (v(0.050, 10), 0.010, 1.0 + 2.0 * (-1.0f64).exp()), // fading
+        (v(0.050, 1000), 0.010, 1.0), // forgotten: tried again
+        (v(0.0, 0), 0.010, 1.0),     // never measured
+        (v(0.040, 0), 0.0, 1.0),     // nothing to compare with
+    ];
+    for (view, median, want) in table {
+        let got = latency_factor(&view, median, &P);
+        assert!((got - want).abs() < 1e-9, "{view:?}: {got} != {want}");
+    }
+}
+
+#[test]
+fn between_saturated_hosts_the_slower_one_is_avoided() {
+    // Both report 100 % CPU; one serves four times slower (noisy
+    // neighbours). Utilization cannot tell them apart; latency can.
+    let mut views = [view(report(1.0, 0), 0), view(report(1.0, 0), 0)];
+    views[0].latency = 0.200;
+    views[1].latency = 0.040;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 10, true);
+    // The fast one takes about four fifths while requests pile up.
+    assert!(counts[1] >= 7, "{counts:?}");
 }
 
 #[test]
