@@ -60,11 +60,23 @@ impl Host {
     }
 
     /// Stops the backend abruptly: the listener and every open connection
-    /// close at once.
+    /// close at once. Returns once the port refuses connections, as a
+    /// killed process's would (`shutdown_background` returns before the
+    /// runtime's sockets are closed, and a connection could still land in
+    /// the dying listener's backlog).
     pub fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+        let Some(rt) = self.runtime.take() else {
+            return;
+        };
+        rt.shutdown_background();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
+        panic!("{} still accepts connections after the kill", self.addr);
     }
 }
 
