@@ -203,7 +203,14 @@ fn nice_max(v: f64) -> f64 {
 
 fn fmt_tick(v: f64) -> String {
     if v >= 1000.0 {
-        format!("{:.0}k", v / 1000.0)
+        // 1200 and 1600 must not both read "1k": keep one decimal when the
+        // thousands are not whole.
+        let k = v / 1000.0;
+        if (k - k.round()).abs() < 1e-9 {
+            format!("{k:.0}k")
+        } else {
+            format!("{k:.1}k")
+        }
     } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
     } else {
@@ -372,4 +379,21 @@ pub fn line_chart(
     legend(&mut svg, &names, x0, h - 14.0);
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_tick;
+
+    #[test]
+    fn ticks_above_a_thousand_stay_distinct() {
+        let ticks: Vec<String> = [0.0, 2.5, 400.0, 1000.0, 1200.0, 1600.0, 2000.0, 25_000.0]
+            .into_iter()
+            .map(fmt_tick)
+            .collect();
+        assert_eq!(
+            ticks,
+            ["0", "2.5", "400", "1k", "1.2k", "1.6k", "2k", "25k"]
+        );
+    }
 }
