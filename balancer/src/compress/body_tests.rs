@@ -495,3 +495,33 @@ async fn one_poll_compresses_a_bounded_amount() {
         assert_eq!(decompress(encoding, &compressed), vec![0u8; 64 * FRAME]);
     }
 }
+
+#[tokio::test]
+async fn gzip_encoders_are_reused_even_after_an_abandoned_response() {
+    // A response abandoned mid-stream (the client went away) leaves its
+    // encoder full of half a stream; the pool must reset it, so the next
+    // response on this thread, built from it, is still exact.
+    let (tx, rx) = mpsc::channel(1);
+    let mut abandoned = Compressed::new(Channel(rx), Encoding::Gzip, 6);
+    tx.send(Ok(Frame::data(Bytes::from(text(50_000, 9)))))
+        .await
+        .expect("open");
+    let _ = poll_once(&mut abandoned).await;
+    let before = super::codec::idle_gzip_encoders();
+    drop(abandoned);
+    assert_eq!(super::codec::idle_gzip_encoders(), before + 1, "not pooled");
+
+    for seed in 0..3 {
+        let original = text(20_000, seed);
+        let body = Compressed::new(Frames::data(&original, 4096), Encoding::Gzip, 6);
+        // Taken from the pool while it runs...
+        assert_eq!(super::codec::idle_gzip_encoders(), before);
+        let (compressed, _) = collect(body).await;
+        // ...and back once it is done.
+        assert_eq!(super::codec::idle_gzip_encoders(), before + 1);
+        assert!(
+            decompress(Encoding::Gzip, &compressed) == original,
+            "reuse {seed}"
+        );
+    }
+}
