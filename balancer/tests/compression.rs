@@ -161,32 +161,9 @@ fn assert_identity(r: &Resp, want: &[u8], what: &str) {
     );
 }
 
-/// A client for HTTP/2 with prior knowledge (h2c).
-fn h2_client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
-}
-
 /// `GET url` with `Accept-Encoding: ae` over HTTP/2, read whole, within 30 s.
 async fn get_h2_ae(url: &str, ae: &str) -> Resp {
-    let req = Request::get(url)
-        .header("accept-encoding", ae)
-        .body(Empty::new())
-        .unwrap();
-    let exchange = async {
-        let resp = h2_client().request(req).await.expect("h2 request");
-        assert_eq!(resp.version(), http::Version::HTTP_2);
-        let (parts, body) = resp.into_parts();
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("h2 body").to_bytes(),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{url}: no answer in 30 s"))
+    support::get_h2(url, &[("accept-encoding", ae)]).await
 }
 
 /// The backend's requests in flight, as the balancer's `/status.json` says.

@@ -285,7 +285,7 @@ async fn http2_prior_knowledge_reaches_the_backend_as_http11_with_host_from_auth
     let host = Host::start("a");
     let lb = Lb::start(&backends(&[host.addr])).await;
 
-    let r = get_h2(&lb.url("/headers")).await;
+    let r = get_h2(&lb.url("/headers"), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.backend(), "a");
     let text = r.text();

@@ -10,20 +10,18 @@ use support::{backends_toml, get, tally, FakeAgent, Host, Lb};
 const FAST_POLLS: &str =
     "[agent]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n[health]\ninterval = \"100ms\"\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_traffic_goes_to_the_least_loaded_host_and_follows_changes() {
-    let hosts = [
-        Host::start("busy"),
-        Host::start("idle"),
-        Host::start("half"),
-    ];
+/// Three hosts named `names`, each with a fake agent reporting the matching
+/// `cpu`, behind a balancer configured with `extra`, once every agent has
+/// reported.
+async fn cluster(names: [&str; 3], cpu: [f64; 3], extra: &str) -> ([Host; 3], [FakeAgent; 3], Lb) {
+    let hosts = names.map(Host::start);
     let agents = [
-        FakeAgent::start(0.9).await,
-        FakeAgent::start(0.1).await,
-        FakeAgent::start(0.5).await,
+        FakeAgent::start(cpu[0]).await,
+        FakeAgent::start(cpu[1]).await,
+        FakeAgent::start(cpu[2]).await,
     ];
     let lb = Lb::start(&format!(
-        "{}\n{FAST_POLLS}",
+        "{}\n{extra}",
         backends_toml(&[
             (&hosts[0], Some(&agents[0])),
             (&hosts[1], Some(&agents[1])),
@@ -32,6 +30,12 @@ async fn sequential_traffic_goes_to_the_least_loaded_host_and_follows_changes() 
     ))
     .await;
     lb.wait_for_reports().await;
+    (hosts, agents, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_traffic_goes_to_the_least_loaded_host_and_follows_changes() {
+    let (_hosts, agents, lb) = cluster(["busy", "idle", "half"], [0.9, 0.1, 0.5], FAST_POLLS).await;
 
     let counts = tally(&lb.url("/"), 100).await;
     assert!(counts.get("idle").copied().unwrap_or(0) >= 80, "{counts:?}");
@@ -48,23 +52,9 @@ async fn sequential_traffic_goes_to_the_least_loaded_host_and_follows_changes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_slow_requests_do_not_herd_onto_the_host_that_looked_idle() {
-    let hosts = [Host::start("idle"), Host::start("b"), Host::start("c")];
-    let agents = [
-        FakeAgent::start(0.0).await,
-        FakeAgent::start(0.5).await,
-        FakeAgent::start(0.5).await,
-    ];
     // Slow polls: the whole burst happens between two reports.
-    let lb = Lb::start(&format!(
-        "{}\n[agent]\ninterval = \"10s\"\ntimeout = \"500ms\"",
-        backends_toml(&[
-            (&hosts[0], Some(&agents[0])),
-            (&hosts[1], Some(&agents[1])),
-            (&hosts[2], Some(&agents[2])),
-        ])
-    ))
-    .await;
-    lb.wait_for_reports().await;
+    let slow_polls = "[agent]\ninterval = \"10s\"\ntimeout = \"500ms\"";
+    let (_hosts, _agents, lb) = cluster(["idle", "b", "c"], [0.0, 0.5, 0.5], slow_polls).await;
 
     let url = lb.url("/delay?ms=500");
     let requests: Vec<_> = (0..32)

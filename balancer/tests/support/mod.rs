@@ -261,6 +261,7 @@ pub fn backends_toml(hosts: &[(&Host, Option<&FakeAgent>)]) -> String {
 pub struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    pub version: http::Version,
     pub body: Bytes,
 }
 
@@ -294,9 +295,14 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: 
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(body)).unwrap();
+    send(&client(), req.body(Full::new(body)).unwrap()).await
+}
+
+/// Sends `req` with `client` and reads the whole response, bounded by 30 s.
+async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Resp {
+    let url = req.uri().to_string();
     let exchange = async {
-        let resp = client()
+        let resp = client
             .request(req)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e:?}"));
@@ -305,6 +311,7 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: 
         Resp {
             status: parts.status,
             headers: parts.headers,
+            version: parts.version,
             body,
         }
     };
@@ -557,27 +564,17 @@ pub fn backend_status(status: &serde_json::Value, addr: SocketAddr) -> serde_jso
         .clone()
 }
 
-/// `GET url` over HTTP/2 with prior knowledge (h2c), bounded by 30 s.
-pub async fn get_h2(url: &str) -> Resp {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+/// `GET url` with `headers` over HTTP/2 with prior knowledge (h2c), bounded
+/// by 30 s.
+pub async fn get_h2(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new());
-    let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
-    let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
-        assert_eq!(resp.version(), http::Version::HTTP_2, "{url}");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{url}: no answer in 30 s"))
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = send(&client, req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(r.version, http::Version::HTTP_2, "{url}");
+    r
 }
