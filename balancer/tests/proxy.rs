@@ -516,6 +516,37 @@ async fn request_headers_over_64_kib_get_431_and_smaller_ones_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_beside_chunked_cannot_smuggle_a_request() {
+    // RFC 9112 §6.3: with both, chunked framing wins and a proxy must not
+    // forward the stale Content-Length, or the backend would read 4 bytes
+    // of body and take the rest as a second, smuggled request.
+    let host = Host::start("a");
+    let lb = Lb::start(&backends(&[host.addr])).await;
+    let r = raw_exchange(
+        lb.addr,
+        b"POST /echo-body HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n\
+          GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    // Had the stale `Content-Length: 4` been forwarded with the 5 decoded
+    // bytes, the backend exchange would break (502) or echo "hell".
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, b"hello", "{r:?}");
+    // And the bytes after the chunked body (on a `Connection: close`
+    // request) were not served as a request of their own.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = lb.status().await;
+    assert_eq!(
+        backend_status(&status, host.addr)["requests"].as_u64(),
+        Some(1),
+        "{status}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_its_head_too_slowly_is_disconnected() {
     let host = Host::start("a");
     let lb = Lb::start(&format!(
