@@ -137,8 +137,8 @@ impl Pool {
     }
 
     /// Chooses a backend of `snap` by its strategy, among those up and not
-    /// yet `tried` (bit i set = backend i tried by this request).
-    pub fn choose(&self, snap: &Snapshot, tried: u64, rng: &mut fastrand::Rng) -> Option<usize> {
+    /// yet `tried` by this request.
+    pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
         let now = tokio::time::Instant::now();
         let how = Pick {
             strategy: snap.config.balance.strategy,
@@ -153,7 +153,7 @@ impl Pool {
             },
             schedule: &snap.schedule,
         };
-        let allowed = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let allowed = |i: usize| !tried.contains(i);
         // Read each backend's state once per pick: on the stack for the
         // usual small pools, in a Vec beyond.
         let n = snap.backends.len();
@@ -169,6 +169,30 @@ impl Pool {
             &heap
         };
         select::pick(&how, n, |i| views[i], allowed, rng)
+    }
+}
+
+/// The backends one request has been sent to, so that a retry goes
+/// elsewhere, whatever the pool's size. A request makes at most
+/// `1 + [balance] retries` (at most 11) attempts.
+#[derive(Debug, Default)]
+pub struct Tried {
+    list: [usize; 11],
+    len: usize,
+}
+
+impl Tried {
+    /// Records an attempt on backend `i` (beyond 11, the oldest is kept).
+    pub fn add(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    /// Whether backend `i` was tried.
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&i)
     }
 }
 
@@ -190,4 +214,34 @@ fn upstream_client(config: &Config) -> UpstreamClient {
 fn start_monitors(pool: &Arc<Pool>, backend: &Arc<Backend>, slot: usize, of: usize) {
     health::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
     agent_poll::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retry_never_picks_a_tried_backend_even_in_a_large_pool() {
+        let backends: Vec<String> = (0..70)
+            .map(|i| format!("\"127.0.0.1:{}\"", 20_000 + i))
+            .collect();
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nbackends = [{}]\n[balance]\nstrategy = \"random\"\n\
+             [health]\ninterval = \"1h\"\n[agent]\ninterval = \"1h\"\n",
+            backends.join(", ")
+        );
+        let pool = Pool::start(Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
+        let snap = pool.snapshot();
+        // Tried: six backends past index 63 (a 64-bit mask cannot hold
+        // them) and five below.
+        let mut tried = Tried::default();
+        for i in (64..70).chain(0..5) {
+            tried.add(i);
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..2000 {
+            let i = pool.choose(&snap, &tried, &mut rng).expect("59 left");
+            assert!(!(64..70).contains(&i) && i >= 5, "picked tried backend {i}");
+        }
+    }
 }

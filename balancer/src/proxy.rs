@@ -20,7 +20,7 @@ use crate::backend::{InFlight, Transition};
 use crate::compress::{self, Compressed, Decision};
 use crate::error::ProxyError;
 use crate::health::error_chain;
-use crate::pool::Pool;
+use crate::pool::{Pool, Tried};
 
 /// The hyper service function: every outcome is a response.
 pub async fn serve(
@@ -70,13 +70,13 @@ async fn forward(
     let mut pending = has_body.then_some(body);
 
     let mut rng = fastrand::Rng::new();
-    let mut tried = 0u64;
+    let mut tried = Tried::default();
     let mut last_error = ProxyError::NoBackend;
     for _ in 0..=config.balance.retries {
-        let Some(i) = pool.choose(&snap, tried, &mut rng) else {
+        let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
             break;
         };
-        tried |= 1 << i.min(63);
+        tried.add(i);
         let backend = &snap.backends[i];
         let guard = backend.start_request();
 
