@@ -323,25 +323,7 @@ async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Byt
 /// A backend that reads a request head and then closes the connection
 /// without answering: a backend that fails *after* receiving the request.
 pub async fn hangup_backend() -> SocketAddr {
-    use tokio::io::AsyncReadExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // Dropping the stream closes it with no response.
-            });
-        }
-    });
-    addr
+    fake_backend(None).await
 }
 
 /// An address where nothing listens (connections are refused).
@@ -526,6 +508,12 @@ pub async fn closed_within(
 /// `response` verbatim (which must be a complete HTTP/1.1 response), keeping
 /// the connection open for the next request.
 pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    fake_backend(Some(response)).await
+}
+
+/// A raw TCP backend: after each request head, it writes `answer`, or,
+/// without one, hangs up.
+async fn fake_backend(answer: Option<&'static [u8]>) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -537,7 +525,9 @@ pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
                 loop {
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() {
+                        // No answer: dropping the stream closes it unanswered.
+                        let Some(answer) = answer else { return };
+                        if stream.write_all(answer).await.is_err() {
                             return;
                         }
                     }
