@@ -72,7 +72,8 @@ async fn forward(
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
     let mut last_error = ProxyError::NoBackend;
-    for _ in 0..=config.balance.retries {
+    let attempts = config.balance.retries + 1;
+    for attempt in 1..=attempts {
         let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
             break;
         };
@@ -89,7 +90,12 @@ async fn forward(
         });
         *out.method_mut() = parts.method.clone();
         *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
+        // Kept for a retry, except on the last attempt: nothing follows it.
+        *out.headers_mut() = if attempt == attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority.clone());

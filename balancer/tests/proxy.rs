@@ -378,9 +378,27 @@ async fn a_get_whose_backend_hangs_up_is_retried_on_another() {
     .await;
 
     for _ in 0..4 {
-        let r = get(&lb.url("/")).await;
+        let r = request(
+            Method::GET,
+            &lb.url("/headers"),
+            &[("x-custom", "kept"), ("host", "shop.example")],
+            Bytes::new(),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.backend(), "good");
+        // A retried request carries the same headers as a first attempt.
+        let seen = r.text();
+        for line in [
+            "x-custom: kept",
+            "host: shop.example",
+            "x-forwarded-for: 127.0.0.1",
+        ] {
+            assert!(
+                seen.lines().any(|l| l == line),
+                "{line:?} missing from\n{seen}"
+            );
+        }
     }
     // Round robin sent some of them to the hang-up backend first.
     let status = lb.status().await;
@@ -512,6 +530,39 @@ async fn request_headers_over_64_kib_get_431_and_smaller_ones_pass() {
     assert_eq!(r.status, 200, "a 32 KiB head was refused: {r:?}");
     let r = raw_exchange(lb.addr, &head(70 * 1024)).await;
     assert_eq!(r.status, 431, "{r:?}");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_attempt_forwards_the_same_headers() {
+    // With no retries every request is its own last attempt, which hands
+    // the headers over instead of copying them.
+    let host = Host::start("a");
+    let lb = Lb::start(&format!(
+        "{}\n[balance]\nretries = 0\n",
+        backends(&[host.addr])
+    ))
+    .await;
+    let r = request(
+        Method::GET,
+        &lb.url("/headers"),
+        &[("x-custom", "kept"), ("host", "shop.example")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = r.text();
+    for line in [
+        "x-custom: kept",
+        "host: shop.example",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: shop.example",
+    ] {
+        assert!(
+            seen.lines().any(|l| l == line),
+            "{line:?} missing from\n{seen}"
+        );
+    }
     lb.stop().await;
 }
 
