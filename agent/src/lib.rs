@@ -163,6 +163,7 @@ mod tests {
         cpu: 0.25,
         memory: 0.5,
         cores: 2,
+        cpus: 2.0,
         load1: 0.1,
         mem_total_bytes: 1000,
         mem_used_bytes: 500,

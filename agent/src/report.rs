@@ -21,6 +21,12 @@ pub struct LoadReport {
     /// CPUs available: the host's count, or the cgroup quota rounded up.
     #[serde(default)]
     pub cores: u32,
+    /// CPUs available as a fraction where a quota gives one (a quota of a
+    /// quarter core is `0.25`, where `cores` says 1); the host's count
+    /// otherwise. This is what the balancer weighs a host's capacity by
+    /// (`0`: not reported, as from older agents; `cores` stands in).
+    #[serde(default)]
+    pub cpus: f64,
     /// The host's one-minute load average (not cgroup-aware; informative).
     #[serde(default)]
     pub load1: f64,
@@ -49,6 +55,16 @@ pub enum ReportError {
 }
 
 impl LoadReport {
+    /// The CPUs this host has to serve with: `cpus` when reported and
+    /// sane, else `cores`, else 1.
+    pub fn capacity(&self) -> f64 {
+        if self.cpus.is_finite() && self.cpus > 0.0 {
+            self.cpus.min(4096.0)
+        } else {
+            f64::from(self.cores.clamp(1, 4096))
+        }
+    }
+
     /// Parses and validates a report as the balancer must: a body that is not
     /// JSON, lacks `cpu` or `memory`, or has them outside 0..1 is an error.
     pub fn parse(body: &[u8]) -> Result<Self, ReportError> {
@@ -83,7 +99,7 @@ mod tests {
     #[test]
     fn ignores_unknown_fields_and_defaults_optional_ones() {
         let r = LoadReport::parse(br#"{"cpu": 0, "memory": 1, "disk": 0.5}"#).unwrap();
-        assert_eq!((r.cpu, r.memory, r.cores), (0.0, 1.0, 0));
+        assert_eq!((r.cpu, r.memory, r.cores, r.cpus), (0.0, 1.0, 0, 0.0));
     }
 
     #[test]

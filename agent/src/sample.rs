@@ -91,6 +91,7 @@ impl Sampler {
         }
         let mut cpu = self.host_cpu.fraction(1.0).unwrap_or(0.0);
         let mut cores = host_cores;
+        let mut cpus = f64::from(host_cores);
 
         match self
             .cgroup
@@ -111,6 +112,7 @@ impl Sampler {
                     cpu = window.fraction(reading.cores).unwrap_or(cpu);
                 }
                 cores = reading.cores.ceil() as u32;
+                cpus = reading.cores;
             }
             None => self.cgroup_cpu = None,
         }
@@ -130,6 +132,7 @@ impl Sampler {
             cpu,
             memory: fraction(mem_used as f64, mem_total as f64),
             cores,
+            cpus,
             load1: System::load_average()
                 .map_or(0.0, |l| if l.one.is_finite() { l.one } else { 0.0 }),
             mem_total_bytes: mem_total,

@@ -432,6 +432,7 @@ mod tests {
             cpu,
             memory,
             cores: 2,
+            cpus: 2.0,
             load1: 0.0,
             mem_total_bytes: 0,
             mem_used_bytes: 0,
