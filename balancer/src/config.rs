@@ -19,7 +19,9 @@ use toml::Spanned;
 use crate::compress;
 
 mod raw;
+mod resilience;
 use raw::{RawCompression, RawConfig};
+pub use resilience::{Outlier, MAX_EJECTION};
 
 /// The whole validated configuration. Cheap to clone: reloads build a new
 /// one and swap it in whole.
@@ -41,6 +43,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// The admin listener.
     pub admin: Admin,
+    /// Passive ejection of backends failing live traffic.
+    pub outlier: Outlier,
 }
 
 /// One backend as configured.
@@ -56,13 +60,20 @@ pub struct BackendConfig {
 }
 
 /// `[balance]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Balance {
     /// The selection policy.
     pub strategy: Strategy,
     /// How many more backends a failed request may be tried on (extension;
     /// default 2, so at most three attempts, like HAProxy's `retries 3`).
     pub retries: u32,
+    /// A backend that comes up or is added on reload ramps from a small
+    /// share to its full share over this long, so a cold cache or JIT is
+    /// not handed a full share at once (zero: off).
+    pub slow_start: Duration,
+    /// Retries stay under this share of requests (plus a small floor), so
+    /// a failing backend cannot multiply the load on the others.
+    pub retry_budget: f64,
 }
 
 /// The selection policies users can name in `[balance] strategy`.
@@ -248,6 +259,7 @@ impl Config {
             h.fall,
             h.rise
         );
+        let _ = writeln!(s, "{}", self.resilience_summary());
         let c = &self.compression;
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
         let _ = write!(
@@ -359,10 +371,14 @@ fn validate(raw: RawConfig) -> Check<Config> {
             )
         })?,
     };
+    let (slow_start, retry_budget) = resilience::balance(&raw.balance)?;
     let balance = Balance {
         strategy,
         retries: int_in(&raw.balance.retries, "[balance] retries", 2, 0..=10)? as u32,
+        slow_start,
+        retry_budget,
     };
+    let outlier = resilience::outlier(&raw.outlier)?;
 
     let health = Health {
         path: match &raw.health.path {
@@ -414,6 +430,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
         compression,
         timeouts,
         admin,
+        outlier,
     })
 }
 

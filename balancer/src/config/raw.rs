@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     pub(super) timeouts: RawTimeouts,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) outlier: RawOutlier,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -77,6 +79,35 @@ impl<'de> Deserialize<'de> for RawBackend {
 pub(super) struct RawBalance {
     pub(super) strategy: Option<Spanned<String>>,
     pub(super) retries: Option<Spanned<i64>>,
+    pub(super) slow_start: Option<Spanned<String>>,
+    pub(super) retry_budget: Option<Spanned<RawNumber>>,
+}
+
+/// A number written as an integer or a float: `retry_budget = 1` is as
+/// valid as `retry_budget = 1.0` (TOML keeps the two apart).
+#[derive(Clone, Copy)]
+pub(super) struct RawNumber(pub(super) f64);
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawNumber;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number such as 0.2")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawNumber, E> {
+                Ok(RawNumber(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawNumber, E> {
+                Ok(RawNumber(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawNumber, E> {
+                Ok(RawNumber(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -121,4 +152,12 @@ pub(super) struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutlier {
+    pub(super) consecutive_failures: Option<Spanned<i64>>,
+    pub(super) base_ejection: Option<Spanned<String>>,
+    pub(super) max_ejected_percent: Option<Spanned<i64>>,
 }

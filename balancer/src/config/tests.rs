@@ -189,3 +189,126 @@ fn line_and_column_count_characters() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é\nx", 3), (2, 1));
 }
+
+#[test]
+fn resilience_keys_default_to_the_contract() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.balance.slow_start, Duration::ZERO);
+    assert_eq!(c.balance.retry_budget, 0.2);
+    assert_eq!(
+        c.outlier,
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejected_percent: 50,
+        }
+    );
+    assert!(c.outlier.ejects());
+}
+
+#[test]
+fn resilience_keys_parse() {
+    let c = parse(&format!(
+        "{MINIMAL}[balance]\nslow_start = \"30s\"\nretry_budget = 0.5\n\
+         [outlier]\nconsecutive_failures = 3\nbase_ejection = \"250ms\"\nmax_ejected_percent = 100\n"
+    ))
+    .unwrap();
+    assert_eq!(c.balance.slow_start, Duration::from_secs(30));
+    assert_eq!(c.balance.retry_budget, 0.5);
+    assert_eq!(c.outlier.consecutive_failures, 3);
+    assert_eq!(c.outlier.base_ejection, Duration::from_millis(250));
+    assert_eq!(c.outlier.max_ejected_percent, 100);
+
+    // Integers are numbers too; "0s" and 0 mean off.
+    let c = parse(&format!(
+        "{MINIMAL}[balance]\nslow_start = \"0s\"\nretry_budget = 1\n\
+         [outlier]\nconsecutive_failures = 0\nbase_ejection = \"5m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.balance.retry_budget, 1.0);
+    assert_eq!(c.balance.slow_start, Duration::ZERO);
+    assert!(!c.outlier.ejects());
+    assert_eq!(c.outlier.base_ejection, MAX_EJECTION);
+    let c = parse(&format!("{MINIMAL}[outlier]\nmax_ejected_percent = 0\n")).unwrap();
+    assert!(!c.outlier.ejects());
+    // A huge slow start is valid (the ramp divides by it, never multiplies).
+    let c = parse(&format!("{MINIMAL}[balance]\nslow_start = \"100years\"\n")).unwrap();
+    assert!(c.balance.slow_start > Duration::from_secs(3_000_000_000));
+    assert!(c.summary().contains("slow start"), "{}", c.summary());
+}
+
+#[test]
+fn resilience_errors_name_the_key_and_the_valid_range() {
+    let table: &[(&str, &[&str])] = &[
+        (
+            "[balance]\nslow_start = \"soon\"\n",
+            &["lb.toml:4:14", "[balance] slow_start", "\"soon\"", "250ms"],
+        ),
+        (
+            "[balance]\nslow_start = 5\n",
+            &["lb.toml:4:14", "slow_start"],
+        ),
+        (
+            "[balance]\nretry_budget = 1.5\n",
+            &["lb.toml:4:16", "[balance] retry_budget", "1.5", "0.0..1.0"],
+        ),
+        (
+            "[balance]\nretry_budget = -0.1\n",
+            &["lb.toml:4:16", "[balance] retry_budget", "0.0..1.0"],
+        ),
+        (
+            "[balance]\nretry_budget = nan\n",
+            &["lb.toml:4:16", "[balance] retry_budget"],
+        ),
+        (
+            "[balance]\nretry_budget = \"20%\"\n",
+            &["lb.toml:4:16", "a number such as 0.2"],
+        ),
+        (
+            "[outlier]\nconsecutive_failures = -1\n",
+            &["lb.toml:4:24", "[outlier] consecutive_failures", "0..1000"],
+        ),
+        (
+            "[outlier]\nbase_ejection = \"0s\"\n",
+            &[
+                "lb.toml:4:17",
+                "[outlier] base_ejection",
+                "longer than zero",
+                "5m",
+            ],
+        ),
+        (
+            "[outlier]\nbase_ejection = \"6m\"\n",
+            &[
+                "lb.toml:4:17",
+                "[outlier] base_ejection",
+                "\"6m\"",
+                "at most \"5m\"",
+            ],
+        ),
+        (
+            "[outlier]\nbase_ejection = \"99999999999999999999y\"\n",
+            &["lb.toml:4:17", "[outlier] base_ejection", "not a duration"],
+        ),
+        (
+            "[outlier]\nmax_ejected_percent = 101\n",
+            &[
+                "lb.toml:4:23",
+                "[outlier] max_ejected_percent",
+                "101",
+                "0..100",
+            ],
+        ),
+        (
+            "[outlier]\nmax_ejection_percent = 10\n",
+            &["lb.toml:4:1", "max_ejection_percent"],
+        ),
+    ];
+    for (tail, wants) in table {
+        let text = format!("{MINIMAL}{tail}");
+        let e = parse(&text).expect_err(&text);
+        for want in *wants {
+            assert!(e.contains(want), "error for {text:?}\n{e}\nlacks {want:?}");
+        }
+    }
+}
