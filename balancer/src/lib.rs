@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod monitor;
+pub mod outlier;
 pub mod pool;
 pub mod proxy;
 pub mod select;
