@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod agent_poll;
 pub mod backend;
+pub mod budget;
 pub mod compress;
 pub mod config;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod proxy;
 pub mod select;
 pub mod server;
+pub mod slow_start;
 
 use std::future::Future;
 use std::sync::Arc;
