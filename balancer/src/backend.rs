@@ -232,6 +232,8 @@ impl Backend {
         let latency = f64::from_bits(self.latency.load(Relaxed));
         let latency_at = self.born + Duration::from_nanos(self.latency_at.load(Relaxed));
         View {
+            // Set by the pool, which knows `[balance] slow_start`.
+            ramp: 1.0,
             up: self.is_up(),
             weight: self.weight,
             in_flight: self.in_flight.load(Relaxed),

@@ -24,6 +24,10 @@ pub struct View {
     pub latency_age: Duration,
     /// The latest load report, if one is held.
     pub load: Option<LoadView>,
+    /// Slow start: the share of its weight the backend takes now, from
+    /// `slow_start::START` for one that just came up to 1.0 (full).
+    /// Every strategy scales the weight by it (see [`pick`]).
+    pub ramp: f64,
 }
 
 impl View {
@@ -35,8 +39,28 @@ impl View {
         latency: 0.0,
         latency_age: Duration::ZERO,
         load: None,
+        ramp: 1.0,
     };
+
+    /// Weight × ramp: the share this backend should take now, relative to
+    /// the others.
+    pub fn effective_weight(&self) -> f64 {
+        f64::from(self.weight.max(1)) * self.clamped_ramp()
+    }
+
+    /// The ramp within `MIN_RAMP..=1` (a NaN counts as the minimum).
+    fn clamped_ramp(&self) -> f64 {
+        if self.ramp >= MIN_RAMP {
+            self.ramp.min(1.0)
+        } else {
+            MIN_RAMP
+        }
+    }
 }
+
+/// The smallest ramp a strategy divides by, so a bad value can never divide
+/// by zero.
+const MIN_RAMP: f64 = 1e-3;
 
 /// A load report as the selector sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -274,7 +298,16 @@ pub struct Pick<'a> {
 }
 
 /// Chooses a backend among those that are up and `allowed` (a retry
-/// excludes the ones already tried). `None` when there is none.
+/// excludes the ones already tried; the pool excludes ejected ones).
+/// `None` when there is none.
+///
+/// A backend in slow start ([`View::ramp`] below 1) takes weight × ramp
+/// of its share in every strategy: round robin skips it with probability
+/// 1 − ramp (the request goes to the next in the schedule), random draws
+/// by weight × ramp, least-connections ranks by in-flight / (weight ×
+/// ramp), least-loaded divides the load score by the ramp, so the ramp
+/// composes with the load instead of overriding it; ties are shared by
+/// weight × ramp.
 pub fn pick(
     how: &Pick<'_>,
     n: usize,
@@ -286,16 +319,27 @@ pub fn pick(
     match how.strategy {
         Strategy::RoundRobin => {
             let len = how.schedule.len();
-            (0..len)
-                .map(|k| how.schedule[(how.ticket + k) % len] as usize)
-                .find(|&i| i < n && eligible(i))
+            let mut skipped = None;
+            for k in 0..len {
+                let i = how.schedule[(how.ticket + k) % len] as usize;
+                if i >= n || !eligible(i) {
+                    continue;
+                }
+                let ramp = view(i).ramp;
+                if ramp >= 1.0 || rng.f64() < ramp {
+                    return Some(i);
+                }
+                skipped.get_or_insert(i);
+            }
+            // Every eligible backend is ramping and each was skipped.
+            skipped
         }
         Strategy::Random => weighted_random(n, &view, eligible, rng),
         // nginx's least_conn: requests in flight per unit of weight, ties
         // shared by weight (so idle backends take turns).
         Strategy::LeastConnections => lowest(n, &view, eligible, rng, |i| {
             let v = view(i);
-            f64::from(v.in_flight) / f64::from(v.weight.max(1))
+            f64::from(v.in_flight) / v.effective_weight()
         }),
         Strategy::LeastLoaded => {
             if rng.f64() < PROBE_FLOOR {
@@ -306,15 +350,16 @@ pub fn pick(
                 latency: median_latency(n, &view),
             };
             lowest(n, &view, eligible, rng, |i| {
-                score(&view(i), medians, &how.params)
+                let v = view(i);
+                score(&v, medians, &how.params) / v.clamped_ramp()
             })
         }
     }
 }
 
 /// The eligible index with the lowest `cost`. Ties are broken at random in
-/// proportion to weight (weighted reservoir sampling), so equal backends
-/// share traffic as their weights say.
+/// proportion to weight × ramp (weighted reservoir sampling), so equal
+/// backends share traffic as their weights say.
 fn lowest(
     n: usize,
     view: impl Fn(usize) -> View,
@@ -323,15 +368,15 @@ fn lowest(
     cost: impl Fn(usize) -> f64,
 ) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
-    let mut tied_weight = 0u64;
+    let mut tied_weight = 0.0;
     for i in (0..n).filter(|&i| eligible(i)) {
         let c = cost(i);
-        let w = u64::from(view(i).weight.max(1));
+        let w = view(i).effective_weight();
         match best {
             Some((_, b)) if c > b + b.abs() * 1e-9 => {}
             Some((_, b)) if c >= b - b.abs() * 1e-9 => {
                 tied_weight += w;
-                if rng.u64(0..tied_weight) < w {
+                if rng.f64() * tied_weight < w {
                     best = Some((i, b));
                 }
             }
@@ -350,22 +395,25 @@ fn weighted_random(
     eligible: impl Fn(usize) -> bool,
     rng: &mut fastrand::Rng,
 ) -> Option<usize> {
-    let total: u64 = (0..n)
+    let total: f64 = (0..n)
         .filter(|&i| eligible(i))
-        .map(|i| u64::from(view(i).weight.max(1)))
+        .map(|i| view(i).effective_weight())
         .sum();
-    if total == 0 {
+    if total <= 0.0 {
         return None;
     }
-    let mut ticket = rng.u64(0..total);
+    let mut ticket = rng.f64() * total;
+    let mut last = None;
     for i in (0..n).filter(|&i| eligible(i)) {
-        let w = u64::from(view(i).weight.max(1));
+        let w = view(i).effective_weight();
         if ticket < w {
             return Some(i);
         }
         ticket -= w;
+        last = Some(i);
     }
-    None
+    // Rounding left the ticket just past the end.
+    last
 }
 
 /// The order weighted round robin walks, computed once per configuration
@@ -392,3 +440,6 @@ pub fn wrr_schedule(weights: &[u32]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod slow_start_tests;

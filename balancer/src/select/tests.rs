@@ -24,6 +24,7 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         latency: 0.0,
         latency_age: Duration::ZERO,
         load: util,
+        ramp: 1.0,
     }
 }
 
