@@ -15,7 +15,10 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::config::BackendConfig;
+use crate::outcome::Outcome;
+use crate::outlier::{Detector, Ejection};
 use crate::select::{LoadView, View};
+use crate::slow_start::SlowStart;
 
 /// One backend server and everything the balancer knows about it.
 #[derive(Debug)]
@@ -54,6 +57,11 @@ pub struct Backend {
     /// Whether the agent answered its last poll: 0 not polled yet, 1 yes,
     /// 2 no. Only changes are logged.
     agent_state: AtomicU8,
+    /// Failure streak and ejection state (outlier ejection).
+    outlier: Detector,
+    /// When its latest slow start began, so it is not handed a full share
+    /// the moment it comes up.
+    slow_start: SlowStart,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -112,6 +120,8 @@ impl Backend {
             load: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             agent_state: AtomicU8::new(0),
+            outlier: Detector::default(),
+            slow_start: SlowStart::default(),
         }
     }
 
@@ -125,6 +135,8 @@ impl Backend {
             latency: AtomicU64::new(old.latency.load(Relaxed)),
             latency_at: AtomicU64::new(old.latency_at.load(Relaxed)),
             born: old.born,
+            outlier: Detector::carried(&old.outlier),
+            slow_start: SlowStart::carried(&old.slow_start),
             ..Backend::new(cfg, 1, 1)
         };
         if cfg.agent == old.agent {
@@ -152,7 +164,11 @@ impl Backend {
             .health
             .fetch_update(Relaxed, Relaxed, step)
             .expect("the step always returns Some");
-        transition(prev & UP != 0, health_step(prev, ok, rise, fall) & UP != 0)
+        let change = transition(prev & UP != 0, health_step(prev, ok, rise, fall) & UP != 0);
+        if change == Some(Transition::WentUp) {
+            self.begin_slow_start(Instant::now());
+        }
+        change
     }
 
     /// Passive marking: a refused connection takes the backend down at once
@@ -160,6 +176,77 @@ impl Backend {
     pub fn mark_down(&self) -> Option<Transition> {
         let prev = self.health.swap(0, Relaxed);
         transition(prev & UP != 0, false)
+    }
+
+    /// Takes one attempt's outcome (the proxy reports each attempt once):
+    /// counts errors, marks the backend down at once when a connection is
+    /// refused, and feeds the outlier detector. Returns true when this
+    /// failure completes a streak of `threshold`: the pool then ejects the
+    /// backend if it has room (a pool-wide decision, see
+    /// [`crate::pool::Pool::report`]).
+    pub fn report(
+        &self,
+        outcome: Outcome,
+        note: Option<String>,
+        threshold: u32,
+        now: Instant,
+    ) -> bool {
+        if outcome.is_error() {
+            self.record_error(note.unwrap_or_else(|| outcome.to_string()));
+        }
+        if outcome == (Outcome::ConnectFailed { refused: true })
+            && self.mark_down() == Some(Transition::WentDown)
+        {
+            tracing::warn!(backend = %self.addr, "backend down: connection refused");
+        }
+        if outcome == Outcome::Client {
+            return false;
+        }
+        self.outlier
+            .record(outcome.is_failure(), threshold, self.clock(now))
+    }
+
+    /// Whether outlier ejection keeps this backend out of rotation at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier.is_ejected(self.clock(now))
+    }
+
+    /// Ejects the backend at `now` for `base` × its multiplier.
+    pub fn eject(&self, now: Instant, base: Duration) -> Ejection {
+        self.outlier.eject(self.clock(now), base)
+    }
+
+    /// True once per ejection, at or after its end: the caller logs the
+    /// return.
+    pub fn take_return(&self, now: Instant) -> bool {
+        self.outlier.take_return(self.clock(now))
+    }
+
+    /// How long the current ejection still lasts (`None`: not ejected), and
+    /// the ejections so far.
+    pub fn ejection(&self, now: Instant) -> (Option<Duration>, u64) {
+        (
+            self.outlier.remaining(self.clock(now)),
+            self.outlier.ejections(),
+        )
+    }
+
+    /// Starts a slow start at `now` (on coming up, or on being added by a
+    /// reload).
+    pub fn begin_slow_start(&self, now: Instant) {
+        self.slow_start.begin(self.clock(now));
+    }
+
+    /// The share of its weight the backend gets at `now` during a slow start
+    /// of length `over`; `None` when it takes its full share.
+    pub fn ramp(&self, now: Instant, over: Duration) -> Option<f64> {
+        self.slow_start.ramp(self.clock(now), over)
+    }
+
+    /// `now` in nanoseconds since the backend entered the pool: the clock of
+    /// its outlier and slow-start state.
+    fn clock(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Counts a request as sent here; the returned guard keeps it in flight

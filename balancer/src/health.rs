@@ -1,7 +1,8 @@
 //! Active health probes: one task per backend sends `GET [health] path`
 //! every interval and feeds the result to the backend's rise/fall counter
 //! (see [`Backend::record_probe`]). Passive marking — a refused connection
-//! takes a backend down at once — happens in the proxy.
+//! takes a backend down at once — happens where each attempt's outcome is
+//! reported ([`Backend::report`]).
 //!
 //! First probes are staggered across the interval and every interval is
 //! jittered by ±5 % (see [`crate::monitor`]). Only transitions are logged,

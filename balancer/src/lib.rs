@@ -9,6 +9,11 @@
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot.
+//! - [`outcome`]: what one attempt came to, classified once and reported
+//!   once; it feeds passive health and [`outlier`] ejection (failure
+//!   streaks, the pool share that may be out, panic mode).
+//! - [`slow_start`]: the ramp of a backend that came up or was added;
+//!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
 //!   [`monitor`]: the staggered, jittered loop both run.
 //! - [`compress`]: the compression decision and streaming encoders.
@@ -26,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod monitor;
+pub mod outcome;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;

@@ -7,9 +7,14 @@
 //! monitors (health probe, agent poll) only for the new ones. Monitors hold
 //! `Weak` references and stop by themselves once their backend has left the
 //! snapshot or the pool is gone.
+//!
+//! The pool also owns what is decided pool-wide: which backends a request
+//! may go to (up, not yet tried, not ejected unless in panic mode), the
+//! outlier ejections that must respect `max_ejected_percent` ([`Pool::report`]),
+//! and the retry budget.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -19,10 +24,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::backend::Backend;
+use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
+use crate::outcome::Outcome;
 use crate::proxy::UpstreamBody;
 use crate::select::{self, Pick, View};
-use crate::{agent_poll, health};
+use crate::{agent_poll, health, outlier};
 
 /// The client that carries proxied requests: pooled keep-alive HTTP/1.1.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
@@ -51,6 +58,16 @@ pub struct Pool {
     /// Client for probes and polls, apart from the proxy's so that a busy
     /// proxy pool never delays a probe.
     pub monitor_client: MonitorClient,
+    /// Retries granted and refused over the last seconds (one budget for
+    /// the pool, kept across reloads).
+    pub budget: RetryBudget,
+    /// Whether the pool was in panic mode at the last look, so entering and
+    /// leaving it are logged once each.
+    panic: AtomicBool,
+    /// Taken only by a backend that has just completed a failure streak, so
+    /// that two backends tripping together cannot both take the last room
+    /// under `max_ejected_percent`. Never taken by a request that went well.
+    ejecting: Mutex<()>,
 }
 
 impl Pool {
@@ -74,6 +91,9 @@ impl Pool {
             monitor_client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
                 .build(HttpConnector::new()),
+            budget: RetryBudget::new(),
+            panic: AtomicBool::new(false),
+            ejecting: Mutex::new(()),
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -114,6 +134,9 @@ impl Pool {
                     }
                     None => {
                         let b = Arc::new(Backend::new(cfg, config.health.rise, config.health.fall));
+                        // Added while running: it ramps up (backends present
+                        // at start do not, as in HAProxy).
+                        b.begin_slow_start(tokio::time::Instant::now());
                         fresh.push(Arc::clone(&b));
                         b
                     }
@@ -136,8 +159,9 @@ impl Pool {
         }
     }
 
-    /// Chooses a backend of `snap` by its strategy, among those up and not
-    /// yet `tried` by this request.
+    /// Chooses a backend of `snap` by its strategy, among those up, not
+    /// ejected (unless the pool is in panic mode) and not yet `tried` by
+    /// this request. Backends in slow start are offered with their ramp.
     pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
         let now = tokio::time::Instant::now();
         let how = Pick {
@@ -153,22 +177,134 @@ impl Pool {
             },
             schedule: &snap.schedule,
         };
-        let allowed = |i: usize| !tried.contains(i);
         // Read each backend's state once per pick: on the stack for the
         // usual small pools, in a Vec beyond.
+        let slow_start = snap.config.balance.slow_start;
+        let read = |b: &Arc<Backend>| {
+            let view = View {
+                ramp: b.ramp(now, slow_start).unwrap_or(1.0),
+                ..b.view(now)
+            };
+            (view, b.is_ejected(now))
+        };
         let n = snap.backends.len();
-        let mut stack = [View::UNKNOWN; 16];
-        let heap: Vec<View>;
-        let views: &[View] = if n <= stack.len() {
+        let mut stack = [(View::UNKNOWN, false); 16];
+        let heap: Vec<(View, bool)>;
+        let states: &[(View, bool)] = if n <= stack.len() {
             for (slot, b) in stack.iter_mut().zip(&snap.backends) {
-                *slot = b.view(now);
+                *slot = read(b);
             }
             &stack[..n]
         } else {
-            heap = snap.backends.iter().map(|b| b.view(now)).collect();
+            heap = snap.backends.iter().map(read).collect();
             &heap
         };
-        select::pick(&how, n, |i| views[i], allowed, rng)
+        let out = states
+            .iter()
+            .filter(|(v, ejected)| !v.up || *ejected)
+            .count();
+        let panic = self.note_panic(snap, out);
+        let allowed = |i: usize| !tried.contains(i) && (panic || !states[i].1);
+        select::pick(&how, n, |i| states[i].0, allowed, rng)
+    }
+
+    /// Whether `snap`'s pool is in panic mode now: more than
+    /// `max_ejected_percent` of it down or ejected. Then ejected backends
+    /// take traffic again (down ones do not) and nothing more is ejected.
+    pub fn in_panic(&self, snap: &Snapshot) -> bool {
+        let now = tokio::time::Instant::now();
+        let out = snap
+            .backends
+            .iter()
+            .filter(|b| !b.is_up() || b.is_ejected(now))
+            .count();
+        self.note_panic(snap, out)
+    }
+
+    /// Panic mode for `out` backends down or ejected; logs entering and
+    /// leaving it, once each.
+    fn note_panic(&self, snap: &Snapshot, out: usize) -> bool {
+        let o = &snap.config.outlier;
+        let n = snap.backends.len();
+        let panic = o.ejects() && outlier::panic(out, n, o.max_ejected_percent);
+        if self.panic.load(Relaxed) != panic && self.panic.swap(panic, Relaxed) != panic {
+            if panic {
+                tracing::warn!(
+                    "panic mode: {out} of {n} backends are down or ejected, more than max_ejected_percent = {}%; \
+                     ejection suspended, ejected backends take traffic again",
+                    o.max_ejected_percent
+                );
+            } else {
+                tracing::info!("panic mode over: {out} of {n} backends down or ejected");
+            }
+        }
+        panic
+    }
+
+    /// The one place an attempt's outcome lands; the proxy calls it once
+    /// per attempt. The backend takes it first ([`Backend::report`]: errors,
+    /// passive marking, its failure streak); when the streak is complete,
+    /// the backend is ejected here, if that leaves at most
+    /// `max_ejected_percent` of the pool down or ejected. `note` is the
+    /// error's text, for the status page.
+    pub fn report(&self, snap: &Snapshot, i: usize, outcome: Outcome, note: Option<String>) {
+        let Some(backend) = snap.backends.get(i) else {
+            return;
+        };
+        let o = &snap.config.outlier;
+        let now = tokio::time::Instant::now();
+        if backend.report(outcome, note, o.consecutive_failures, now) && o.ejects() {
+            self.eject(snap, backend, outcome, now);
+        }
+    }
+
+    fn eject(
+        &self,
+        snap: &Snapshot,
+        backend: &Arc<Backend>,
+        last: Outcome,
+        now: tokio::time::Instant,
+    ) {
+        let o = &snap.config.outlier;
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
+        // A down backend is out already; health probes bring it back.
+        if !backend.is_up() || backend.is_ejected(now) {
+            return;
+        }
+        let n = snap.backends.len();
+        let out = snap
+            .backends
+            .iter()
+            .filter(|b| !b.is_up() || b.is_ejected(now))
+            .count();
+        if !outlier::may_eject(out + 1, n, o.max_ejected_percent) {
+            tracing::debug!(
+                backend = %backend.addr,
+                "not ejected: {out} of {n} backends already down or ejected (max_ejected_percent = {}%)",
+                o.max_ejected_percent
+            );
+            return;
+        }
+        let e = backend.eject(now, o.base_ejection);
+        tracing::warn!(
+            backend = %backend.addr,
+            "backend ejected for {}: {} failures in a row, the last one {last} (ejection {}, multiplier {})",
+            humantime::format_duration(e.duration),
+            o.consecutive_failures,
+            e.count,
+            e.level
+        );
+        // Announce the return on time; tokio's sleep saturates huge
+        // durations, and the task holds only a weak reference.
+        let weak = Arc::downgrade(backend);
+        tokio::spawn(async move {
+            tokio::time::sleep(e.duration).await;
+            if let Some(b) = weak.upgrade() {
+                if b.take_return(tokio::time::Instant::now()) {
+                    tracing::info!(backend = %b.addr, "backend back in rotation after its ejection");
+                }
+            }
+        });
     }
 }
 

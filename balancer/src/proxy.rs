@@ -1,6 +1,8 @@
 //! One request, end to end: pick a backend, rewrite the request, forward
-//! it, retry where the contract allows, and shape the response (hop-by-hop
-//! headers, compression, the in-flight guard riding in the body).
+//! it, retry where the contract allows (and the retry budget grants), and
+//! shape the response (hop-by-hop headers, compression, the in-flight guard
+//! riding in the body). Each attempt is classified once, as an
+//! [`Outcome`], and reported once, through [`Pool::report`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,10 +18,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::backend::{InFlight, Transition};
+use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::error::ProxyError;
 use crate::health::error_chain;
+use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 
 /// The hyper service function: every outcome is a response.
@@ -73,10 +76,15 @@ async fn forward(
     let mut tried = Tried::default();
     let mut last_error = ProxyError::NoBackend;
     let attempts = config.balance.retries + 1;
+    pool.budget.deposit();
     for attempt in 1..=attempts {
         let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
             break;
         };
+        if attempt > 1 && !pool.budget.try_retry(config.balance.retry_budget) {
+            tracing::debug!("retry budget spent: answering with the last error");
+            break;
+        }
         tried.add(i);
         let backend = &snap.backends[i];
         let guard = backend.start_request();
@@ -110,6 +118,7 @@ async fn forward(
 
         let err = match result {
             Ok(Ok(resp)) => {
+                pool.report(&snap, i, Outcome::Response(resp.status()), None);
                 return Ok(respond(
                     resp,
                     guard,
@@ -117,7 +126,7 @@ async fn forward(
                     accepted,
                     &config.compression,
                     client_upgrade,
-                ))
+                ));
             }
             Ok(Err(err)) => err,
             Err(_) => {
@@ -125,16 +134,14 @@ async fn forward(
                     addr: backend.addr,
                     after: timeout,
                 };
-                backend.record_error(e.to_string());
+                pool.report(&snap, i, Outcome::Timeout, Some(e.to_string()));
                 return Err(e);
             }
         };
         let why = error_chain(&err);
-        backend.record_error(why.clone());
-        if err.is_connect() {
-            if is_refused(&err) && backend.mark_down() == Some(Transition::WentDown) {
-                tracing::warn!(backend = %backend.addr, "backend down: connection refused");
-            }
+        let outcome = Outcome::of_error(&err);
+        pool.report(&snap, i, outcome, Some(why.clone()));
+        if let Outcome::ConnectFailed { .. } = outcome {
             last_error = ProxyError::Connect {
                 addr: backend.addr,
                 why,
@@ -222,17 +229,6 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-fn is_refused(err: &hyper_util::client::legacy::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
