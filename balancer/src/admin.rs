@@ -80,12 +80,14 @@ fn route(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 pub fn status(pool: &Pool) -> serde_json::Value {
     let snap = pool.snapshot();
     let now = tokio::time::Instant::now();
+    let slow_start = snap.config.balance.slow_start;
     let backends: Vec<_> = snap
         .backends
         .iter()
         .map(|b| {
             let stats = b.stats();
             let load = b.load();
+            let (ejected_for, ejections) = b.ejection(now);
             json!({
                 "addr": b.addr.to_string(),
                 "agent": b.agent.to_string(),
@@ -100,20 +102,28 @@ pub fn status(pool: &Pool) -> serde_json::Value {
                 "errors": stats.errors,
                 "last_error": stats.last_error.as_ref().map(|e| e.message.clone()),
                 "last_error_at": stats.last_error.as_ref().and_then(|e| e.at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "ejected": ejected_for.is_some(),
+                "ejected_for_ms": ejected_for.map(|d| d.as_millis() as u64),
+                "ejections": ejections,
+                "slow_start": b.ramp(now, slow_start),
             })
         })
         .collect();
     json!({
         "strategy": snap.config.balance.strategy.name(),
         "listen": snap.config.listen.to_string(),
+        "panic": pool.in_panic(&snap),
+        "retries": pool.budget.granted(),
+        "retries_denied": pool.budget.denied(),
         "backends": backends,
     })
 }
 
 fn metrics(pool: &Pool) -> String {
     let snap = pool.snapshot();
+    let now = tokio::time::Instant::now();
     let mut out = String::new();
-    let series: [(&str, &str, &str); 7] = [
+    let series: [(&str, &str, &str); 10] = [
         ("lb_backend_up", "gauge", "1 if the backend is healthy"),
         ("lb_backend_in_flight", "gauge", "requests in flight"),
         ("lb_backend_requests_total", "counter", "requests sent"),
@@ -125,6 +135,17 @@ fn metrics(pool: &Pool) -> String {
             "agent-reported memory fraction",
         ),
         ("lb_backend_weight", "gauge", "configured weight"),
+        (
+            "lb_backend_ejected",
+            "gauge",
+            "1 while outlier ejection keeps the backend out",
+        ),
+        ("lb_backend_ejections_total", "counter", "outlier ejections"),
+        (
+            "lb_backend_slow_start",
+            "gauge",
+            "share of its weight a backend in slow start takes (absent when full)",
+        ),
     ];
     for (name, kind, help) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -138,12 +159,41 @@ fn metrics(pool: &Pool) -> String {
                 "lb_backend_errors_total" => Some(stats.errors as f64),
                 "lb_backend_cpu" => load.as_ref().map(|l| l.report.cpu),
                 "lb_backend_memory" => load.as_ref().map(|l| l.report.memory),
+                "lb_backend_ejected" => Some(f64::from(u8::from(b.is_ejected(now)))),
+                "lb_backend_ejections_total" => Some(b.ejection(now).1 as f64),
+                "lb_backend_slow_start" => b.ramp(now, snap.config.balance.slow_start),
                 _ => Some(f64::from(b.weight)),
             };
             if let Some(v) = value {
                 let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
             }
         }
+    }
+    let pool_series = [
+        (
+            "lb_panic",
+            "gauge",
+            "1 while too many backends are down or ejected and ejection is suspended",
+            u64::from(pool.in_panic(&snap)),
+        ),
+        (
+            "lb_retries_total",
+            "counter",
+            "retries granted by the retry budget",
+            pool.budget.granted(),
+        ),
+        (
+            "lb_retries_denied_total",
+            "counter",
+            "retries refused because the retry budget was spent",
+            pool.budget.denied(),
+        ),
+    ];
+    for (name, kind, help, value) in pool_series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
     out
 }
