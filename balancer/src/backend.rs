@@ -504,6 +504,49 @@ mod tests {
     }
 
     #[test]
+    fn report_marks_down_on_refusal_counts_errors_and_trips_on_a_streak() {
+        use http::StatusCode;
+        let b = backend(2, 2);
+        let now = Instant::now();
+        let report = |o| b.report(o, None, 3, now);
+        // (outcome, tripped, up after, errors after)
+        let table = [
+            (
+                Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR),
+                false,
+                true,
+                0,
+            ),
+            (Outcome::Timeout, false, true, 1),
+            (Outcome::Client, false, true, 1), // not the backend's doing
+            (Outcome::Reset, true, true, 2),   // third failure in a row
+            (Outcome::Response(StatusCode::OK), false, true, 2),
+            (Outcome::Protocol, false, true, 3),
+            (Outcome::ConnectFailed { refused: false }, false, true, 4),
+            (Outcome::ConnectFailed { refused: true }, true, false, 5),
+        ];
+        for (i, (outcome, tripped, up, errors)) in table.into_iter().enumerate() {
+            assert_eq!(report(outcome), tripped, "row {i}: {outcome}");
+            assert_eq!(b.is_up(), up, "row {i}: {outcome}");
+            assert_eq!(b.stats().errors, errors, "row {i}: {outcome}");
+        }
+        assert_eq!(b.stats().last_error.unwrap().message, "connection refused");
+    }
+
+    #[test]
+    fn coming_back_up_starts_a_slow_start_and_the_start_does_not() {
+        let b = backend(1, 1);
+        let slow = Duration::from_secs(60);
+        assert_eq!(b.ramp(Instant::now(), slow), None);
+        b.record_probe(false, 1, 1);
+        assert_eq!(b.ramp(Instant::now(), slow), None, "down: no ramp yet");
+        b.record_probe(true, 1, 1);
+        let ramp = b.ramp(Instant::now(), slow).expect("ramping");
+        assert!((0.1..0.11).contains(&ramp), "{ramp}");
+        assert_eq!(b.ramp(Instant::now(), Duration::ZERO), None, "off");
+    }
+
+    #[test]
     fn the_in_flight_guard_counts_until_dropped() {
         let b = Arc::new(backend(2, 2));
         let g1 = b.start_request();

@@ -356,6 +356,112 @@ fn start_monitors(pool: &Arc<Pool>, backend: &Arc<Backend>, slot: usize, of: usi
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    /// A pool of `n` backends nobody listens on, with probes and polls too
+    /// rare to interfere, and `extra` lines of configuration.
+    fn pool(n: usize, extra: &str) -> Arc<Pool> {
+        let backends: Vec<String> = (0..n)
+            .map(|i| format!("\"127.0.0.1:{}\"", 21_000 + i))
+            .collect();
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nbackends = [{}]\n[health]\ninterval = \"1h\"\nfall = 1000\n\
+             [agent]\ninterval = \"1h\"\n{extra}",
+            backends.join(", ")
+        );
+        Pool::start(Config::parse(&text, std::path::Path::new("t.toml")).unwrap())
+    }
+
+    /// Which backends 2000 picks reach.
+    fn reached(pool: &Pool, snap: &Snapshot) -> Vec<bool> {
+        let mut seen = vec![false; snap.backends.len()];
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..2000 {
+            if let Some(i) = pool.choose(snap, &Tried::default(), &mut rng) {
+                seen[i] = true;
+            }
+        }
+        seen
+    }
+
+    fn fail(pool: &Pool, snap: &Snapshot, i: usize, times: usize) {
+        for _ in 0..times {
+            let outcome = Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR);
+            pool.report(snap, i, outcome, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn ejection_keeps_within_the_pool_share_and_panic_mode_lifts_it() {
+        let pool = pool(4, "[balance]\nstrategy = \"random\"\n");
+        let snap = pool.snapshot();
+        let now = tokio::time::Instant::now;
+        fail(&pool, &snap, 0, 4);
+        assert!(!snap.backends[0].is_ejected(now()), "4 of 5 failures");
+        fail(&pool, &snap, 0, 1);
+        assert!(snap.backends[0].is_ejected(now()));
+        assert_eq!(reached(&pool, &snap), [false, true, true, true]);
+
+        // A second: 2 of 4 out is the 50 % limit. A third would pass it.
+        fail(&pool, &snap, 1, 5);
+        fail(&pool, &snap, 2, 50);
+        let ejected: Vec<bool> = snap.backends.iter().map(|b| b.is_ejected(now())).collect();
+        assert_eq!(ejected, [true, true, false, false]);
+        assert_eq!(reached(&pool, &snap), [false, false, true, true]);
+        assert!(!pool.in_panic(&snap));
+
+        // One more out by health: 3 of 4, over the limit. Panic: the
+        // ejected take traffic again, the down one stays out.
+        snap.backends[3].mark_down();
+        assert!(pool.in_panic(&snap));
+        assert_eq!(reached(&pool, &snap), [true, true, true, false]);
+        // And nothing more is ejected meanwhile.
+        fail(&pool, &snap, 2, 10);
+        assert!(!snap.backends[2].is_ejected(now()));
+    }
+
+    #[tokio::test]
+    async fn a_one_backend_pool_is_never_ejected_from_and_zero_turns_it_off() {
+        let one = pool(1, "");
+        let snap = one.snapshot();
+        fail(&one, &snap, 0, 20);
+        assert!(!snap.backends[0].is_ejected(tokio::time::Instant::now()));
+        assert_eq!(reached(&one, &snap), [true]);
+
+        let off = pool(2, "[outlier]\nconsecutive_failures = 0\n");
+        let snap = off.snapshot();
+        fail(&off, &snap, 0, 100);
+        assert_eq!(
+            snap.backends[0].ejection(tokio::time::Instant::now()),
+            (None, 0)
+        );
+        snap.backends[0].mark_down();
+        snap.backends[1].mark_down();
+        assert!(!off.in_panic(&snap), "no ejection, no panic mode");
+    }
+
+    #[tokio::test]
+    async fn backends_added_on_reload_ramp_and_those_present_at_start_do_not() {
+        let extra = "[balance]\nslow_start = \"10s\"\n";
+        let pool = pool(1, extra);
+        let now = tokio::time::Instant::now;
+        let slow = Duration::from_secs(10);
+        assert_eq!(pool.snapshot().backends[0].ramp(now(), slow), None);
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:21000\", \"127.0.0.1:21001\"]\n\
+             [health]\ninterval = \"1h\"\n[agent]\ninterval = \"1h\"\n{extra}"
+        );
+        pool.reload(Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
+        let snap = pool.snapshot();
+        assert_eq!(snap.backends[0].ramp(now(), slow), None);
+        let ramp = snap.backends[1]
+            .ramp(now(), slow)
+            .expect("the new one ramps");
+        assert!((0.1..0.2).contains(&ramp), "{ramp}");
+    }
+
     #[tokio::test]
     async fn a_retry_never_picks_a_tried_backend_even_in_a_large_pool() {
         let backends: Vec<String> = (0..70)
