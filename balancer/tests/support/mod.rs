@@ -568,3 +568,80 @@ pub async fn get_h2(url: &str, headers: &[(&str, &str)]) -> Resp {
     assert_eq!(r.version, http::Version::HTTP_2, "{url}");
     r
 }
+
+// ---------------------------------------------------------------------------
+// Resilience: backends that fail live traffic in particular ways.
+
+/// A backend that reads each request head and then resets the connection
+/// (RST, not FIN): a backend that fails *after* receiving the request.
+pub async fn reset_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+/// A backend whose application fails while its health check passes (the
+/// case outlier ejection exists for): `GET /health` answers `200 ok`,
+/// everything else `500`, with `X-Backend: id`.
+pub async fn failing_backend(id: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        seen.drain(..end + 4);
+                        let (status, body) = if head.starts_with("GET /health ") {
+                            ("200 OK", "ok")
+                        } else {
+                            ("500 Internal Server Error", "boom")
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nx-backend: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Counts the statuses of `n` sequential GETs of `url`.
+pub async fn statuses(url: &str, n: usize) -> std::collections::HashMap<u16, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..n {
+        *counts.entry(get(url).await.status.as_u16()).or_default() += 1;
+    }
+    counts
+}
