@@ -126,6 +126,14 @@ fn age(now: u32, bucket: u32) -> i32 {
 /// Adds one event at second `sec`: into the bucket if it holds `sec` (or a
 /// later second), else restarting it for `sec`.
 fn add(slot: &AtomicU64, sec: u32) {
+    // The common case, once per request: the bucket is this second's, and a
+    // plain add (no compare-and-swap loop) will do. A count cannot reach
+    // the second's bits: that would take four billion events in a second.
+    let (s, c) = split(slot.load(Relaxed));
+    if s == sec && c < u32::MAX / 2 {
+        slot.fetch_add(1, Relaxed);
+        return;
+    }
     let _ = slot.fetch_update(Relaxed, Relaxed, |w| {
         let (s, c) = split(w);
         Some(if age(sec, s) <= 0 {

@@ -246,7 +246,8 @@ impl Pool {
     /// passive marking, its failure streak); when the streak is complete,
     /// the backend is ejected here, if that leaves at most
     /// `max_ejected_percent` of the pool down or ejected. `note` is the
-    /// error's text, for the status page.
+    /// error's text, for the status page. Must be called inside a tokio
+    /// runtime (an ejection schedules the log line of its return).
     pub fn report(&self, snap: &Snapshot, i: usize, outcome: Outcome, note: Option<String>) {
         let Some(backend) = snap.backends.get(i) else {
             return;
