@@ -8,7 +8,8 @@
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
-//! - [`select`]: the strategies, pure functions over a snapshot.
+//! - [`select`]: the strategies, pure functions over a snapshot;
+//!   [`latency`]: the measured slowness `least-loaded` weighs.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
 //!   [`monitor`]: the staggered, jittered loop both run.
 //! - [`compress`]: the compression decision and streaming encoders.
@@ -24,6 +25,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod latency;
 pub mod monitor;
 pub mod pool;
 pub mod proxy;
