@@ -107,6 +107,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
                 max_requests: Some(requests),
                 gzip: false,
                 bucket: Duration::from_secs(1),
+                seed: 1,
+                shuffle: false,
             };
             let result = load::run(l).await?;
             runs.push(Run {
