@@ -30,7 +30,9 @@
 //!
 //! Every response is attributed to the backend named in its `X-Backend`
 //! header, overall and per time bucket (for failover timelines). A line per
-//! second goes to stderr while a run lasts.
+//! second goes to stderr while a run lasts. [`run_merged`] runs several
+//! loads at once (one driver per balancer) and also merges their
+//! histograms, so percentiles over all of them are exact.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -193,6 +195,7 @@ struct Answer {
 }
 
 /// The tallies of one driver (or several, merged).
+#[derive(Clone)]
 struct Tally {
     /// Width of a timeline bucket.
     width: Duration,
@@ -364,6 +367,42 @@ pub async fn run(load: Load) -> Result<LoadResult> {
         elapsed,
         &[&shared],
     ))
+}
+
+/// Runs `loads` at the same time (say, one driver per balancer) and
+/// returns each one's result and one result over all of them, `label`led,
+/// whose percentiles come from the merged histograms.
+pub async fn run_merged(label: &str, loads: Vec<Load>) -> Result<(Vec<LoadResult>, LoadResult)> {
+    let handles: Vec<_> = loads.into_iter().map(|l| tokio::spawn(drive(l))).collect();
+    let mut parts = Vec::new();
+    for h in handles {
+        parts.push(h.await??);
+    }
+    let width = parts
+        .first()
+        .map_or(Duration::from_secs(1), |p| p.1.load.bucket);
+    let mut all = Tally::new(width);
+    let mut results = Vec::new();
+    let mut elapsed: f64 = 0.0;
+    let mut modes = Vec::new();
+    let mut shared = Vec::new();
+    for (tally, s, secs) in parts {
+        all.merge(tally.clone());
+        elapsed = elapsed.max(secs);
+        modes.push(describe(&s.load.mode));
+        results.push(summarize(
+            s.load.label.clone(),
+            describe(&s.load.mode),
+            tally,
+            secs,
+            &[&s],
+        ));
+        shared.push(s);
+    }
+    let refs: Vec<&Shared> = shared.iter().map(|s| &**s).collect();
+    let mode = format!("{} drivers at once: {}", refs.len(), modes.join("; "));
+    let merged = summarize(label.to_string(), mode, all, elapsed, &refs);
+    Ok((results, merged))
 }
 
 fn describe(mode: &Mode) -> String {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{arrivals, path_index, run, Load, Mode};
+use super::{arrivals, path_index, run, run_merged, Load, Mode};
 
 #[test]
 fn arrivals_are_reproducible_from_the_seed() {
@@ -112,4 +112,27 @@ async fn open_loop_counts_the_wait_from_the_due_time() {
         capped.latency_ms,
         free.latency_ms
     );
+}
+
+/// Two drivers at once: each keeps its own result, and the merged one
+/// counts every answer of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_runs_add_up() {
+    let target = backend().await;
+    let mut a = open(target, 40.0, 64);
+    a.paths = vec!["/delay?ms=5".into()];
+    a.duration = Duration::from_millis(500);
+    let mut b = a.clone();
+    b.seed = 2;
+    let (parts, all) = run_merged("both", vec![a, b]).await.expect("run");
+    assert_eq!(parts.len(), 2);
+    assert!(parts.iter().all(|p| p.ok > 0 && p.errors == 0));
+    assert_eq!(all.ok, parts[0].ok + parts[1].ok);
+    assert_eq!(all.by_backend.get("t").copied(), Some(all.ok));
+    assert_eq!(all.label, "both");
+    let lo = parts
+        .iter()
+        .map(|p| p.latency_ms.max)
+        .fold(f64::MAX, f64::min);
+    assert!(all.latency_ms.max >= lo);
 }
