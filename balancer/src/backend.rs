@@ -231,6 +231,7 @@ impl Backend {
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),
             service,
+            untried: self.signal.untried(),
             load: guard.as_deref().map(|s| {
                 let cpus = s.report.capacity();
                 LoadView {

@@ -16,8 +16,10 @@
 //!   [`CLASSES`] classes by a hash of its method, path and query; the pool
 //!   keeps a moving baseline per class, and a backend's sample counts as its
 //!   ratio to that baseline. A backend's [`Signal::slowness`] is the moving
-//!   average of those ratios: 1 for a host in line with its peers, 4 for
-//!   one four times slower on whatever it was sent. Unique URLs (cache
+//!   geometric mean of those ratios: 1 for a host in line with its peers,
+//!   4 for one four times slower on whatever it was sent. Geometric, so a
+//!   scheduler hiccup that makes one sample 16 times slower moves it as
+//!   much as one sample 16 times faster would, not 15 times more. Unique URLs (cache
 //!   busters) spread over the classes and their ratios average out near 1:
 //!   the signal then says little, and the other signals decide.
 //! - **Decay by elapsed time.** Every average here weighs a sample by the
@@ -50,9 +52,19 @@ pub const BASELINE_HALF_LIFE: Duration = Duration::from_secs(5);
 /// (the ratio then mixes them, as the first version did for all requests).
 pub const CLASSES: usize = 64;
 
-/// Added to both sides of a ratio so sub-millisecond requests, where a
-/// scheduler hiccup doubles the time, do not read as a slow host.
-const RATIO_SLACK: f64 = 0.001;
+/// Added to both sides of a ratio so that millisecond requests, where a
+/// scheduler hiccup or a cold connection multiplies the time, do not read
+/// as a slow host: a 5 ms hiccup on a 0.5 ms request reads 1.9, 10 ms
+/// against 40 ms reads 3, 50 ms against 5 ms reads 5.5. Differences of a
+/// few milliseconds on quick requests are left to the in-flight count.
+const RATIO_SLACK: f64 = 0.005;
+
+/// The most one sample can weigh in a backend's slowness, however long
+/// the silence before it: a probe after a silence moves the verdict by
+/// this much (in the logarithm) towards what it measured, so one hiccup
+/// cannot exile a host, and three slow answers in a row are believed at
+/// two thirds of their measure.
+pub const MAX_SAMPLE_WEIGHT: f64 = 0.3;
 
 /// A single sample's ratio is held within these bounds, and so is the
 /// average: a timeout or a stall counts as very slow, not as infinitely so.
@@ -98,6 +110,21 @@ impl Decaying {
         }
     }
 
+    /// An average that holds `value` as if sampled at the epoch: a prior
+    /// that the first real samples outweigh by the time they took to come
+    /// (at most `max_weight` each).
+    pub fn prior(value: f64) -> Decaying {
+        Decaying {
+            value: AtomicU64::new(value.to_bits()),
+            at: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether it still holds its [`Decaying::prior`], with no sample.
+    pub fn is_prior(&self) -> bool {
+        self.at.load(Relaxed) == 1
+    }
+
     /// A copy of `other`'s state (for a backend replaced on reload).
     pub fn copy_of(other: &Decaying) -> Decaying {
         Decaying {
@@ -106,16 +133,17 @@ impl Decaying {
         }
     }
 
-    /// Folds `x` in at `now` (nanoseconds since the epoch); the first
-    /// sample is taken as it is.
-    pub fn observe(&self, x: f64, now: u64, half_life: Duration) {
+    /// Folds `x` in at `now` (nanoseconds since the epoch), weighing it by
+    /// the time since the previous sample but at most `max_weight`; the
+    /// first sample is taken as it is.
+    pub fn observe(&self, x: f64, now: u64, half_life: Duration, max_weight: f64) {
         let at = self.at.load(Relaxed);
         let new = if at == 0 {
             x
         } else {
             let old = f64::from_bits(self.value.load(Relaxed));
-            let w = sample_weight(Duration::from_nanos(now.saturating_sub(at)), half_life);
-            old + (x - old) * w
+            let dt = Duration::from_nanos(now.saturating_sub(at));
+            old + (x - old) * sample_weight(dt, half_life).min(max_weight)
         };
         self.value.store(new.to_bits(), Relaxed);
         self.at.store(now.max(1), Relaxed);
@@ -166,7 +194,7 @@ impl Baselines {
         let now = nanos_since(self.epoch, now);
         let slot = &self.classes[usize::from(class) % CLASSES];
         let r = slot.get(now).map_or(1.0, |(base, _)| ratio(secs, base));
-        slot.observe(secs, now, BASELINE_HALF_LIFE);
+        slot.observe(secs, now, BASELINE_HALF_LIFE, 1.0);
         r
     }
 }
@@ -199,16 +227,20 @@ pub fn class_of(method: &http::Method, path_and_query: &str) -> u8 {
 #[derive(Debug)]
 pub struct Signal {
     epoch: Instant,
-    slowness: Decaying,
+    /// The average of the natural logarithm of the ratios.
+    log_slowness: Decaying,
     service: Decaying,
 }
 
 impl Signal {
-    /// No samples yet: slowness 1, service time unknown.
+    /// No samples yet: slowness 1, held as a prior dated now that the
+    /// first answers outweigh by the time they took to come, at most half
+    /// each ([`MAX_SAMPLE_WEIGHT`]), so a cold connection's first sample
+    /// does not decide alone; service time unknown.
     pub fn new() -> Signal {
         Signal {
             epoch: Instant::now(),
-            slowness: Decaying::new(),
+            log_slowness: Decaying::prior(0.0),
             service: Decaying::new(),
         }
     }
@@ -217,7 +249,7 @@ impl Signal {
     pub fn copy_of(other: &Signal) -> Signal {
         Signal {
             epoch: other.epoch,
-            slowness: Decaying::copy_of(&other.slowness),
+            log_slowness: Decaying::copy_of(&other.log_slowness),
             service: Decaying::copy_of(&other.service),
         }
     }
@@ -226,17 +258,27 @@ impl Signal {
     pub fn record(&self, baselines: &Baselines, class: u8, secs: f64, now: Instant) {
         let r = baselines.compare(class, secs, now);
         let t = nanos_since(self.epoch, now);
-        self.slowness.observe(r, t, SLOWNESS_HALF_LIFE);
-        self.service.observe(secs, t, BASELINE_HALF_LIFE);
+        let max = MAX_SAMPLE_WEIGHT;
+        self.log_slowness
+            .observe(r.ln(), t, SLOWNESS_HALF_LIFE, max);
+        self.service.observe(secs, t, BASELINE_HALF_LIFE, 1.0);
     }
 
-    /// The slowness at `now`: the average ratio, faded towards 1 by the age
-    /// of its last sample; 1 without samples.
+    /// The slowness at `now`: the geometric mean ratio, faded towards 1 by
+    /// the age of its last sample.
     pub fn slowness(&self, now: Instant) -> f64 {
         let t = nanos_since(self.epoch, now);
-        self.slowness.get(t).map_or(1.0, |(s, age)| {
-            fade(s, 1.0, age, SLOWNESS_HALF_LIFE).clamp(RATIO_MIN, RATIO_MAX)
+        self.log_slowness.get(t).map_or(1.0, |(l, age)| {
+            fade(l, 0.0, age, SLOWNESS_HALF_LIFE)
+                .exp()
+                .clamp(RATIO_MIN, RATIO_MAX)
         })
+    }
+
+    /// Whether the backend has never answered a request whole: it has not
+    /// been compared with its peers yet.
+    pub fn untried(&self) -> bool {
+        self.log_slowness.is_prior()
     }
 
     /// The mean service time in seconds (0: none measured).
@@ -299,9 +341,9 @@ mod tests {
         // (sample s, baseline s, expected ratio)
         let table = [
             (0.010, 0.010, 1.0),
-            (0.0009, 0.0003, 1.9 / 1.3), // a hiccup on a tiny request: mild
-            (0.099, 0.009, 10.0),        // ten times slower: 10
-            (30.0, 0.010, RATIO_MAX),    // a timeout: very slow, bounded
+            (0.0055, 0.0005, 10.5 / 5.5), // a hiccup on a tiny request: mild
+            (0.495, 0.045, 10.0),         // ten times slower: 10
+            (30.0, 0.010, RATIO_MAX),     // a timeout: very slow, bounded
             (0.0, 10.0, RATIO_MIN),
         ];
         for (secs, base, want) in table {
@@ -314,16 +356,20 @@ mod tests {
     fn the_average_replaces_after_silence_and_barely_moves_under_traffic() {
         let a = Decaying::new();
         assert_eq!(a.get(5 * S), None);
-        a.observe(1.0, S, SLOWNESS_HALF_LIFE);
+        a.observe(1.0, S, SLOWNESS_HALF_LIFE, 1.0);
         assert_eq!(a.get(S), Some((1.0, Duration::ZERO)));
         // One slow sample 10 ms after the last: a small step.
-        a.observe(50.0, S + 10_000_000, SLOWNESS_HALF_LIFE);
+        a.observe(50.0, S + 10_000_000, SLOWNESS_HALF_LIFE, 1.0);
         let (v, _) = a.get(S).unwrap();
         assert!(v > 1.0 && v < 1.2, "{v}");
-        // A sample a minute later stands for the host as it is now.
-        a.observe(1.0, 61 * S, SLOWNESS_HALF_LIFE);
+        // A sample a minute later stands for the host as it is now...
+        a.observe(1.0, 61 * S, SLOWNESS_HALF_LIFE, 1.0);
         let (v, _) = a.get(61 * S).unwrap();
         assert!((v - 1.0).abs() < 1e-6, "{v}");
+        // ...or moves it part of the way, where one sample's weight is capped.
+        a.observe(3.0, 121 * S, SLOWNESS_HALF_LIFE, 0.5);
+        let (v, _) = a.get(121 * S).unwrap();
+        assert!((v - 2.0).abs() < 1e-6, "{v}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -333,7 +379,7 @@ mod tests {
         let quick = class_of(&http::Method::GET, "/work?ms=1");
         let heavy = class_of(&http::Method::GET, "/work?ms=50");
         assert_ne!(quick, heavy);
-        for i in 0..200 {
+        for i in 0..600 {
             // Both hosts get the heavy class now and then.
             let (class, secs) = if i % 10 == 0 {
                 (heavy, 0.050)
@@ -348,17 +394,39 @@ mod tests {
         let now = Instant::now();
         let (f, s) = (fast.slowness(now), slow.slowness(now));
         // The baseline sits between the two (both get equal traffic), so
-        // the fast host reads below 1 and the slow one above.
-        assert!(f < 1.0 && s > 1.2 && s / f > 2.0, "fast {f}, slow {s}");
+        // the fast host reads below 1 and the slow one above (by less than
+        // 4: the slack tempers 1 ms against 4 ms to 1.5×).
+        assert!(f < 1.0 && s > 1.2 && s / f > 1.5, "fast {f}, slow {s}");
 
         // A host that only ever got the heavy class, as fast as the fast
         // host, is not slow.
         let heavy_only = Signal::new();
-        heavy_only.record(&base, heavy, 0.050, now);
-        assert!(heavy_only.slowness(now) < 1.0);
+        tokio::time::advance(SLOWNESS_HALF_LIFE).await;
+        heavy_only.record(&base, heavy, 0.050, Instant::now());
+        assert!(heavy_only.slowness(Instant::now()) < 1.0);
+
+        // A new backend is untried, and its first sample, on a cold
+        // connection, does not decide alone.
+        let new = Signal::new();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(new.untried());
+        assert_eq!(new.slowness(Instant::now()), 1.0);
+        let r = ratio(0.030, base_of(&base, quick));
+        new.record(&base, quick, 0.030, Instant::now());
+        assert!(!new.untried());
+        let s = new.slowness(Instant::now());
+        assert!(
+            (s - r.powf(MAX_SAMPLE_WEIGHT)).abs() < 1e-9,
+            "{s} against {r}"
+        );
         // Ten half-lives later without samples the slow host is forgiven.
         tokio::time::advance(SLOWNESS_HALF_LIFE * 10).await;
         assert!((slow.slowness(Instant::now()) - 1.0).abs() < 0.01);
+    }
+
+    fn base_of(base: &Baselines, class: u8) -> f64 {
+        let slot = &base.classes[usize::from(class)];
+        slot.get(u64::MAX).expect("a sample").0
     }
 
     #[test]

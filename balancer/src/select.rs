@@ -29,6 +29,9 @@ pub struct View {
     pub slowness: f64,
     /// Its mean service time in seconds (0: none measured yet).
     pub service: f64,
+    /// It has never answered a request whole: `least-loaded` tries it
+    /// before trusting anything else about it.
+    pub untried: bool,
     /// The latest load report, if one is held.
     pub load: Option<LoadView>,
 }
@@ -42,6 +45,7 @@ impl View {
         busy: 0,
         slowness: 1.0,
         service: 0.0,
+        untried: false,
         load: None,
     };
 }
@@ -116,7 +120,7 @@ pub const UTIL_TRUST: f64 = 4.0;
 /// (a utilization a few points apart, a slowness of 1.1), and breaking
 /// them deterministically would send every sequential request to whichever
 /// host the noise favoured.
-pub const TIE_BAND: f64 = 0.15;
+pub const TIE_BAND: f64 = 0.25;
 
 /// The utilization `least-loaded` believes a backend has now.
 ///
@@ -316,6 +320,14 @@ pub fn pick(
             |i| f64::from(view(i).weight.max(1)),
         ),
         Strategy::LeastLoaded => {
+            // Relative latency finds a slow host only by comparing it with
+            // measured peers: a backend nobody has tried yet is tried
+            // first (once), or a lying agent's host would take every
+            // sequential request while the others stay unmeasured.
+            let untried = |i: usize| eligible(i) && view(i).untried;
+            if (0..n).any(untried) {
+                return weighted_random(n, &view, untried, rng);
+            }
             if rng.f64() < PROBE_FLOOR {
                 return weighted_random(n, &view, eligible, rng);
             }

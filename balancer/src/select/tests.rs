@@ -25,6 +25,7 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         busy: in_flight,
         slowness: 1.0,
         service: 0.0,
+        untried: false,
         load: util,
     }
 }
@@ -304,6 +305,19 @@ fn near_equal_scores_are_shared_and_capacity_sets_the_shares() {
     ];
     let counts = distribution(Strategy::LeastLoaded, &mut views, 14, true);
     assert!(counts[2] > counts[1] && counts[1] > counts[0], "{counts:?}");
+}
+
+#[test]
+fn untried_backends_are_tried_first() {
+    let mut views = [
+        view(report(0.0, 0), 0),
+        view(report(0.9, 0), 0),
+        view(report(0.9, 0), 0),
+    ];
+    views[1].untried = true;
+    views[2].untried = true;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 100, false);
+    assert_eq!(counts[0], 0, "{counts:?}");
 }
 
 #[test]
