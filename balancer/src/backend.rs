@@ -241,7 +241,7 @@ impl Backend {
                     rate: s.rate,
                     // A request keeps at most one CPU busy while the
                     // backend works on it.
-                    cost: service / cpus.max(1.0),
+                    cost: service / cpus.max(0.01),
                     dispatched: self.dispatched.load(Relaxed),
                 }
             }),
