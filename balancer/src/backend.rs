@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::config::BackendConfig;
+use crate::latency::{Baselines, Signal};
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
 use crate::select::{LoadView, View};
@@ -33,8 +34,11 @@ pub struct Backend {
     pub authority: http::uri::Authority,
     /// Health: bit 31 is "up", the low bits HAProxy's check counter.
     health: AtomicU32,
-    /// Requests currently being served (until the response body ends).
+    /// Requests currently open (until the response body ends).
     in_flight: AtomicU32,
+    /// Of those, the ones waiting on the backend right now (see
+    /// [`View::busy`]).
+    busy: AtomicU32,
     /// Requests sent since the last load report: what the report cannot
     /// know about yet.
     dispatched: AtomicU64,
@@ -42,14 +46,11 @@ pub struct Backend {
     requests: AtomicU64,
     /// Failed attempts (connect errors, timeouts, protocol errors), ever.
     errors: AtomicU64,
-    /// Moving average of request durations (send to last body byte), in
-    /// seconds, as `f64` bits: how fast this host really serves, and the
-    /// upper bound on a request's CPU cost.
-    latency: AtomicU64,
-    /// When the last duration was recorded, in nanoseconds since `born`.
-    latency_at: AtomicU64,
-    /// When this backend entered the pool: the origin of `latency_at`.
-    born: Instant,
+    /// How fast this host serves compared with its peers, and its mean
+    /// service time: measured on the backend's own time only.
+    signal: Signal,
+    /// The pool's per-class baselines the signal is measured against.
+    baselines: Arc<Baselines>,
     /// The latest good load report, or `None` while the load is unknown.
     load: ArcSwapOption<LoadSample>,
     /// The latest error, for the status page.
@@ -57,6 +58,9 @@ pub struct Backend {
     /// Whether the agent answered its last poll: 0 not polled yet, 1 yes,
     /// 2 no. Only changes are logged.
     agent_state: AtomicU8,
+    /// When this backend entered the pool: the origin of the outlier and
+    /// slow-start clocks.
+    born: Instant,
     /// Failure streak and ejection state (outlier ejection).
     outlier: Detector,
     /// When its latest slow start began, so it is not handed a full share
@@ -99,7 +103,7 @@ pub enum Transition {
 impl Backend {
     /// A backend that counts as fully up, as the contract demands at start:
     /// `fall` failed probes in a row are needed to take it down.
-    pub fn new(cfg: &BackendConfig, rise: u32, fall: u32) -> Backend {
+    pub fn new(cfg: &BackendConfig, rise: u32, fall: u32, baselines: &Arc<Baselines>) -> Backend {
         Backend {
             addr: cfg.addr,
             agent: cfg.agent,
@@ -111,15 +115,16 @@ impl Backend {
                 .expect("a socket address is a valid authority"),
             health: AtomicU32::new(UP | (rise + fall - 1)),
             in_flight: AtomicU32::new(0),
+            busy: AtomicU32::new(0),
             dispatched: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            latency: AtomicU64::new(0),
-            latency_at: AtomicU64::new(0),
-            born: Instant::now(),
+            signal: Signal::new(),
+            baselines: Arc::clone(baselines),
             load: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             agent_state: AtomicU8::new(0),
+            born: Instant::now(),
             outlier: Detector::default(),
             slow_start: SlowStart::default(),
         }
@@ -132,12 +137,11 @@ impl Backend {
             health: AtomicU32::new(old.health.load(Relaxed)),
             requests: AtomicU64::new(old.requests.load(Relaxed)),
             errors: AtomicU64::new(old.errors.load(Relaxed)),
-            latency: AtomicU64::new(old.latency.load(Relaxed)),
-            latency_at: AtomicU64::new(old.latency_at.load(Relaxed)),
+            signal: Signal::copy_of(&old.signal),
             born: old.born,
             outlier: Detector::carried(&old.outlier),
             slow_start: SlowStart::carried(&old.slow_start),
-            ..Backend::new(cfg, 1, 1)
+            ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {
             b.load.store(old.load.load_full());
@@ -178,30 +182,25 @@ impl Backend {
         transition(prev & UP != 0, false)
     }
 
-    /// Counts a request as sent here; the returned guard keeps it in flight
-    /// until dropped (the proxy drops it when the response body ends).
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
+    /// Counts a request of `class` ([`crate::latency::class_of`]) as sent
+    /// here; the returned guard keeps it in flight until dropped (the proxy
+    /// drops it when the response body ends) and keeps the clock of the
+    /// backend's own time.
+    pub fn start_request(self: &Arc<Self>, class: u8) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
+        self.busy.fetch_add(1, Relaxed);
         self.dispatched.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
+        let now = Instant::now();
         InFlight {
             backend: Arc::clone(self),
-            start: Instant::now(),
+            class,
+            start: now,
+            waiting_since: Some(now),
+            backend_time: Duration::ZERO,
+            last: now,
+            complete: false,
         }
-    }
-
-    /// Folds one request's duration into the moving average. Concurrent
-    /// updates may lose a sample; an average does not mind.
-    fn record_latency(&self, secs: f64, now: Instant) {
-        let old = f64::from_bits(self.latency.load(Relaxed));
-        let new = if old == 0.0 {
-            secs
-        } else {
-            0.7 * old + 0.3 * secs
-        };
-        self.latency.store(new.to_bits(), Relaxed);
-        let at = now.saturating_duration_since(self.born).as_nanos() as u64;
-        self.latency_at.store(at, Relaxed);
     }
 
     /// Records a failed attempt.
@@ -245,31 +244,41 @@ impl Backend {
     /// What the selection strategies see of this backend at `now`.
     pub fn view(&self, now: Instant) -> View {
         let guard = self.load.load();
-        let latency = f64::from_bits(self.latency.load(Relaxed));
-        let latency_at = self.born + Duration::from_nanos(self.latency_at.load(Relaxed));
+        let service = self.signal.service(now);
         View {
             // Set by the pool, which knows `[balance] slow_start`.
             ramp: 1.0,
             up: self.is_up(),
             weight: self.weight,
             in_flight: self.in_flight.load(Relaxed),
-            latency,
-            latency_age: now.saturating_duration_since(latency_at),
-            load: guard.as_deref().map(|s| LoadView {
-                util: utilization(&s.report),
-                age: now.saturating_duration_since(s.at),
-                rate: s.rate,
-                // A request keeps at most one core busy for its duration.
-                cost: latency / f64::from(s.report.cores.max(1)),
-                dispatched: self.dispatched.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            slowness: self.signal.slowness(now),
+            service,
+            untried: self.signal.untried(),
+            load: guard.as_deref().map(|s| {
+                let cpus = s.report.capacity();
+                LoadView {
+                    util: utilization(&s.report),
+                    cpus,
+                    age: now.saturating_duration_since(s.at),
+                    rate: s.rate,
+                    // A request keeps at most one CPU busy while the
+                    // backend works on it.
+                    cost: service / cpus.max(0.01),
+                    dispatched: self.dispatched.load(Relaxed),
+                }
             }),
         }
     }
 
     /// Counters for the admin endpoints.
     pub fn stats(&self) -> Stats {
+        let now = Instant::now();
         Stats {
             in_flight: self.in_flight.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            slowness: self.signal.slowness(now),
+            service: self.signal.service(now),
             requests: self.requests.load(Relaxed),
             errors: self.errors.load(Relaxed),
             last_error: self.last_error.load_full(),
@@ -356,6 +365,12 @@ impl Backend {
 pub struct Stats {
     /// Requests in flight now.
     pub in_flight: u32,
+    /// Of those, waiting on the backend.
+    pub busy: u32,
+    /// Slowness against its peers (1: in line).
+    pub slowness: f64,
+    /// Mean service time, seconds (0: none yet).
+    pub service: f64,
     /// Requests sent, ever.
     pub requests: u64,
     /// Failed attempts, ever.
@@ -407,12 +422,27 @@ pub fn utilization(r: &LoadReport) -> f64 {
     r.cpu.max(memory_pressure).clamp(0.0, 1.0)
 }
 
-/// Keeps a request counted as in flight on its backend until dropped.
-/// Dropping it also records how long the request took.
+/// Keeps a request counted as in flight on its backend until dropped, and
+/// keeps the clock of the backend's own time: from sending the request to
+/// the response head, plus every wait of the body for the backend's next
+/// bytes. Time the body spends waiting for the client to read is not the
+/// backend's and is not counted, in the sample nor in [`View::busy`].
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
+    /// The request's class, for the latency baseline.
+    class: u8,
+    /// When the request was sent.
     start: Instant,
+    /// When the current wait on the backend began; `None` while the
+    /// client's side has the turn (or the head has not been asked for).
+    waiting_since: Option<Instant>,
+    /// The backend's own time so far.
+    backend_time: Duration,
+    /// The latest moment the clock was read.
+    last: Instant,
+    /// The response ended normally: the sample is whole and is recorded.
+    complete: bool,
 }
 
 impl InFlight {
@@ -420,14 +450,57 @@ impl InFlight {
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
+
+    /// The response head arrived: the wait on the backend ends; what
+    /// follows is paced by the client until the body waits again.
+    pub fn head_arrived(&mut self, now: Instant) {
+        self.backend_time = now.saturating_duration_since(self.start);
+        self.last = now;
+        if self.waiting_since.take().is_some() {
+            self.backend.busy.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The body has nothing to give yet: the backend has the turn.
+    pub fn waiting_on_backend(&mut self) {
+        if self.waiting_since.is_none() {
+            let now = Instant::now();
+            self.waiting_since = Some(now);
+            self.last = now;
+            self.backend.busy.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The body delivered bytes: the client has the turn.
+    pub fn backend_delivered(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            let now = Instant::now();
+            self.backend_time += now.saturating_duration_since(since);
+            self.last = now;
+            self.backend.busy.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The response ended normally: its backend time is a whole sample.
+    pub fn finish(&mut self) {
+        self.backend_delivered();
+        self.complete = true;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Relaxed);
-        let now = Instant::now();
-        let secs = now.saturating_duration_since(self.start).as_secs_f64();
-        self.backend.record_latency(secs, now);
+        let b = &self.backend;
+        b.in_flight.fetch_sub(1, Relaxed);
+        if self.waiting_since.is_some() {
+            b.busy.fetch_sub(1, Relaxed);
+        }
+        // Failures, abandoned and upgraded requests are no measure of the
+        // host's speed: failures are outlier detection's business.
+        if self.complete {
+            let secs = self.backend_time.as_secs_f64();
+            b.signal.record(&b.baselines, self.class, secs, self.last);
+        }
     }
 }
 
@@ -444,6 +517,7 @@ mod tests {
             },
             rise,
             fall,
+            &Arc::new(Baselines::new()),
         )
     }
 
@@ -552,8 +626,8 @@ mod tests {
     #[test]
     fn the_in_flight_guard_counts_until_dropped() {
         let b = Arc::new(backend(2, 2));
-        let g1 = b.start_request();
-        let g2 = b.start_request();
+        let g1 = b.start_request(0);
+        let g2 = b.start_request(0);
         assert_eq!(b.stats().in_flight, 2);
         drop(g1);
         assert_eq!(b.stats().in_flight, 1);

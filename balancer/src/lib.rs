@@ -8,7 +8,8 @@
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
-//! - [`select`]: the strategies, pure functions over a snapshot.
+//! - [`select`]: the strategies, pure functions over a snapshot;
+//!   [`latency`]: the measured slowness `least-loaded` weighs.
 //! - [`outcome`]: what one attempt came to, classified once and reported
 //!   once; it feeds passive health and [`outlier`] ejection (failure
 //!   streaks, the pool share that may be out, panic mode).
@@ -30,6 +31,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod latency;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;

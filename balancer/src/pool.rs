@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
+use crate::latency::Baselines;
 use crate::outcome::Outcome;
 use crate::proxy::UpstreamBody;
 use crate::select::{self, Pick, View};
@@ -55,6 +56,9 @@ pub struct Snapshot {
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     rr: AtomicUsize,
+    /// The per-class latency baselines every backend is compared against;
+    /// they outlive reloads, as the request classes do.
+    baselines: Arc<Baselines>,
     /// Client for probes and polls, apart from the proxy's so that a busy
     /// proxy pool never delays a probe.
     pub monitor_client: MonitorClient,
@@ -75,10 +79,14 @@ impl Pool {
     /// backend. Must be called inside a tokio runtime.
     pub fn start(config: Config) -> Arc<Pool> {
         let config = Arc::new(config);
+        let baselines = Arc::new(Baselines::new());
         let backends: Vec<_> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b, config.health.rise, config.health.fall)))
+            .map(|b| {
+                let (rise, fall) = (config.health.rise, config.health.fall);
+                Arc::new(Backend::new(b, rise, fall, &baselines))
+            })
             .collect();
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
@@ -88,6 +96,7 @@ impl Pool {
                 config,
             }),
             rr: AtomicUsize::new(0),
+            baselines,
             monitor_client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
                 .build(HttpConnector::new()),
@@ -133,7 +142,8 @@ impl Pool {
                         b
                     }
                     None => {
-                        let b = Arc::new(Backend::new(cfg, config.health.rise, config.health.fall));
+                        let (rise, fall) = (config.health.rise, config.health.fall);
+                        let b = Arc::new(Backend::new(cfg, rise, fall, &self.baselines));
                         // Added while running: it ramps up (backends present
                         // at start do not, as in HAProxy).
                         b.begin_slow_start(tokio::time::Instant::now());

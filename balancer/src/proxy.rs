@@ -22,6 +22,7 @@ use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::error::ProxyError;
 use crate::health::error_chain;
+use crate::latency;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 
@@ -70,6 +71,7 @@ async fn forward(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
     let has_body = !body.is_end_stream();
+    let class = latency::class_of(&parts.method, path.as_str());
     let mut pending = has_body.then_some(body);
 
     let mut rng = fastrand::Rng::new();
@@ -87,7 +89,7 @@ async fn forward(
         }
         tried.add(i);
         let backend = &snap.backends[i];
-        let guard = backend.start_request();
+        let guard = backend.start_request(class);
 
         let slot = pending
             .take()
@@ -165,12 +167,13 @@ async fn forward(
 /// Shapes the backend's response for the client.
 fn respond(
     mut resp: Response<Incoming>,
-    guard: InFlight,
+    mut guard: InFlight,
     method: &Method,
     accepted: compress::Accepted,
     settings: &compress::Settings,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
+    guard.head_arrived(tokio::time::Instant::now());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let backend = hyper::upgrade::on(&mut resp);
@@ -184,6 +187,9 @@ fn respond(
     strip_hop_by_hop(&mut parts.headers, false);
     let decision = compress::decide(method, accepted, parts.status, &parts.headers, settings);
     compress::rewrite_headers(&decision, &mut parts.headers);
+    if body.is_end_stream() {
+        guard.finish();
+    }
     let body = Guarded {
         inner: body,
         guard: Some(guard),
@@ -388,7 +394,9 @@ impl Body for UpstreamBody {
 
 /// A response body that keeps its request counted in flight until its last
 /// byte has been read (not when the head arrives), as linkerd's
-/// `PendingUntilEos` does.
+/// `PendingUntilEos` does, and tells the guard whose turn it is: a poll
+/// that finds nothing waits on the backend, a poll that yields bytes hands
+/// the turn to the client (whose reading paces the next poll).
 #[derive(Debug)]
 pub struct Guarded<B> {
     inner: B,
@@ -405,8 +413,18 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guard = None;
+        if let Some(guard) = &mut this.guard {
+            match &frame {
+                Poll::Pending => guard.waiting_on_backend(),
+                Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
+                    guard.backend_delivered()
+                }
+                Poll::Ready(Some(Ok(_)) | None) => {
+                    guard.finish();
+                    this.guard = None;
+                }
+                Poll::Ready(Some(Err(_))) => this.guard = None,
+            }
         }
         frame
     }

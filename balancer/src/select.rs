@@ -16,12 +16,22 @@ pub struct View {
     pub up: bool,
     /// Configured relative capacity.
     pub weight: u32,
-    /// Requests this balancer has in flight there now.
+    /// Requests this balancer has open there now, until their response
+    /// body ends (what `least-connections` counts, as nginx does).
     pub in_flight: u32,
-    /// Moving average of its request durations, seconds (0: none yet).
-    pub latency: f64,
-    /// Time since the last request there finished.
-    pub latency_age: Duration,
+    /// Of those, the ones waiting on the backend now: before the response
+    /// head, or while the body waits for the backend's next bytes. A
+    /// response held up by a slow-reading client is not the backend's
+    /// work and is not counted (what `least-loaded` counts).
+    pub busy: u32,
+    /// How much slower than its peers it serves the same kind of request
+    /// (1: in line), faded towards 1 by age ([`crate::latency`]).
+    pub slowness: f64,
+    /// Its mean service time in seconds (0: none measured yet).
+    pub service: f64,
+    /// It has never answered a request whole: `least-loaded` tries it
+    /// before trusting anything else about it.
+    pub untried: bool,
     /// The latest load report, if one is held.
     pub load: Option<LoadView>,
     /// Slow start: the share of its weight the backend takes now, from
@@ -36,8 +46,10 @@ impl View {
         up: false,
         weight: 1,
         in_flight: 0,
-        latency: 0.0,
-        latency_age: Duration::ZERO,
+        busy: 0,
+        slowness: 1.0,
+        service: 0.0,
+        untried: false,
         load: None,
         ramp: 1.0,
     };
@@ -67,12 +79,14 @@ const MIN_RAMP: f64 = 1e-3;
 pub struct LoadView {
     /// Reported utilization, 0..=1 (CPU, or memory pressure near the limit).
     pub util: f64,
+    /// CPUs the host has (fractional under a quota).
+    pub cpus: f64,
     /// How old the report is.
     pub age: Duration,
     /// Requests/s this balancer sent there during the report's period.
     pub rate: f64,
-    /// Utilization one request/s adds at most: the mean request duration
-    /// over the host's cores (0 before any request finished).
+    /// Utilization one request/s adds at most: the mean service time over
+    /// the host's CPUs (0 before any request finished).
     pub cost: f64,
     /// Requests sent there since the report.
     pub dispatched: u64,
@@ -89,26 +103,21 @@ impl Params {
     /// Until this age a report is trusted as it is (one interval plus
     /// slack for a jittered or slow poll).
     pub fn fresh(&self) -> Duration {
-        self.interval.mul_f64(1.5)
+        self.interval.saturating_mul(3) / 2
     }
 
     /// From this age a report is ignored: the load counts as unknown.
     pub fn expiry(&self) -> Duration {
-        self.interval * 4
-    }
-
-    /// How fast a backend's measured slowness is forgotten when it gets no
-    /// traffic (the time constant of the decay toward "as fast as the
-    /// others"), so a host avoided for being slow is tried again.
-    pub fn latency_memory(&self) -> Duration {
-        self.interval * 10
+        self.interval.saturating_mul(4)
     }
 }
 
 /// Share of `least-loaded` picks made at random among healthy backends, so
 /// that a host which looked busy keeps receiving a trickle of traffic and is
-/// never starved forever (Traefik #12306). Small, because agents keep the
-/// load data of an unused host fresh anyway, and every random pick to a
+/// never starved forever (Traefik #12306): its latency is measured afresh
+/// and, with [`crate::latency`]'s time-weighted averages, a probe after a
+/// silence stands for the host as it is now. Small, because agents keep
+/// the load data of an unused host fresh anyway, and every random pick to a
 /// busy host is a slow request.
 pub const PROBE_FLOOR: f64 = 0.01;
 
@@ -116,19 +125,26 @@ pub const PROBE_FLOOR: f64 = 0.01;
 /// estimated utilization before the next report.
 pub const MAX_EXTRA: f64 = 0.25;
 
-/// The latency factor's dead band: a host counts as slow only beyond this
-/// multiple of the pool's median request duration...
-const SLOW_RATIO: f64 = 1.5;
-/// ...plus this many seconds, so that noise (a cold connection, a
-/// scheduler hiccup on sub-millisecond requests) never counts.
-const SLOW_SLACK: f64 = 0.005;
-/// A slow host counts at most this many times as loaded.
-const SLOW_MAX: f64 = 4.0;
-
 /// The smallest spare capacity a host is credited with, so a host reported
 /// at 100 % still ranks (as 20 times busier than an idle one) instead of
 /// dividing by zero.
 const MIN_SPARE: f64 = 0.05;
+
+/// How far the agent alone can push a host down the ranking: its
+/// utilization penalty is at most this many times the least utilized
+/// host's, times the host's measured slowness (at least 1). A report of
+/// 100 % from a host that serves as fast as its peers (a lying or broken
+/// agent, or a busy host whose other work is niced) makes it four times
+/// less attractive than the idlest host, not twenty; a host that is also
+/// measured slow gets the full penalty.
+pub const UTIL_TRUST: f64 = 4.0;
+
+/// Scores within this fraction of the best count as ties, shared in
+/// proportion to capacity: differences this small are measurement noise
+/// (a utilization a few points apart, a slowness of 1.1), and breaking
+/// them deterministically would send every sequential request to whichever
+/// host the noise favoured.
+pub const TIE_BAND: f64 = 0.25;
 
 /// The utilization `least-loaded` believes a backend has now.
 ///
@@ -147,8 +163,8 @@ const MIN_SPARE: f64 = 0.05;
 ///    requests per second than during the period the report measured, its
 ///    utilization is raised by the extra rate times the cost of one
 ///    request/s. That cost is bounded from what the balancer measures
-///    itself: a request keeps at most one core busy for as long as it
-///    takes, so it is the mean request duration over the host's cores.
+///    itself: a request keeps at most one CPU busy for as long as the
+///    backend takes, so it is the mean service time over the host's CPUs.
 ///    Quick requests barely move the estimate; CPU-heavy ones move it a
 ///    lot, which is exactly when a poll interval of traffic would
 ///    otherwise pile onto one host. Only increases count, and at most
@@ -182,87 +198,88 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
     (base + extra).clamp(0.0, 1.0)
 }
 
-/// How much slower than its peers a backend has been serving, as a
-/// multiplier of its score: 1 for a host in line with the pool, up to 4 for
-/// one grossly slower, fading back to 1 as its last measurement ages
-/// ([`Params::latency_memory`]) so that an avoided host is tried again.
+/// The `least-loaded` score: the time a new request can expect to take
+/// there, in units of "an idle host in line with its peers"; lower is
+/// better.
 ///
-/// CPU utilization saturates: a host at 100 % with our requests and a host
-/// at 100 % with noisy neighbours report the same number, but requests on
-/// the second take several times longer. The balancer measures that itself
-/// (the idea behind linkerd's and Finagle's Peak-EWMA, and Prequal's
-/// finding that latency is a better signal than CPU). It is a guard, not a
-/// ranking: within a dead band (1.5 × the median plus 5 ms) differences are
-/// noise and count for nothing, and being faster than the median earns no
-/// bonus — otherwise the host with the warmest connections would win every
-/// sequential request and the others would never be measured again.
+/// `score = (1 + busy / capacity) × slowness × pressure`
 ///
-/// `factor = 1 + max(0, latency − 1.5 × median − 5 ms) / (median + 5 ms)`,
-/// at most 4; 1 when either side has no measurement.
-pub fn latency_factor(v: &View, median: f64, p: &Params) -> f64 {
-    if v.latency <= 0.0 || median <= 0.0 {
-        return 1.0;
-    }
-    let excess = (v.latency - SLOW_RATIO * median - SLOW_SLACK).max(0.0);
-    let raw = (1.0 + excess / (median + SLOW_SLACK)).min(SLOW_MAX);
-    let memory = p.latency_memory().as_secs_f64().max(1e-3);
-    let fade = (-v.latency_age.as_secs_f64() / memory).exp();
-    1.0 + (raw - 1.0) * fade
+/// - **busy / capacity** — local and instant: requests this balancer has
+///   waiting on the backend, per unit of capacity (weight × the CPUs the
+///   agent reports, so a one-core host absorbs four times what a
+///   quarter-core host does). It rises with every request sent and falls
+///   as soon as the backend has answered, so between two polls traffic
+///   cannot pile onto the host that looked idle, and a slow-reading client
+///   holding a response open does not count against the host. Half-life:
+///   none, it is a count.
+/// - **slowness** — measured by this balancer: the host's time-weighted
+///   average ratio of its own service time to the pool's on the same
+///   classes of request ([`crate::latency`], half-life 2 s, fading back
+///   to 1 without samples). It tells apart what utilization cannot: two
+///   hosts at 100 %, one of them four times slower per request; a host
+///   whose agent lies.
+/// - **pressure** — the agent's view, `1 / (1 − utilization)` with the
+///   utilization interpreted by age ([`estimated_util`]; a report is
+///   trusted for 1.5 poll intervals and forgotten after 4), floored spare
+///   5 %: the queueing factor of a host with that share of its capacity
+///   busy, covering work the balancer cannot see (other balancers, cron
+///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × slowness ×
+///   the least utilized host's pressure, so no agent alone can starve a
+///   host that serves well. Half-life: none; a report is replaced whole.
+///
+/// Scores within [`TIE_BAND`] of the best are shared in proportion to
+/// capacity. With nothing in flight and equal loads, traffic spreads by
+/// capacity; with a host stressed, its utilization and slowness keep it
+/// out until the others are several requests deep.
+pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
+    let util = estimated_util(v.load.as_ref(), m.util, p);
+    let trusted = UTIL_TRUST * v.slowness.max(1.0) * pressure(m.least_util);
+    let pressure = pressure(util).min(trusted);
+    let queue = 1.0 + f64::from(v.busy) / capacity(v, m);
+    queue * v.slowness * pressure
 }
 
-/// The `least-loaded` score: lower is better.
-///
-/// `(1 + in_flight / weight) × slowness / spare`, with
-/// `spare = 1 − utilization` and `slowness` the [`latency_factor`]:
-/// the time a new request can expect to take if it queues behind the
-/// requests already in flight on a host that has `spare` of its capacity
-/// free. The weight scales the queue (a weight-2 host serves twice the
-/// requests at once), not the utilization, which agents already report as
-/// a fraction of each host's own capacity; equal scores are shared in
-/// proportion to weight. The utilization term (the agent's view, [`estimated_util`])
-/// covers work the balancer cannot see — other balancers, cron jobs,
-/// noisy neighbours — while the in-flight term is local and instant: it
-/// rises with every request sent and falls with every response finished,
-/// so between two polls traffic cannot pile onto the host that looked idle
-/// (32 concurrent requests to an idle host and two half-busy ones split
-/// about 16/8/8, not 32/0/0). With nothing in flight, as for sequential
-/// traffic, the order is the agents' order: the least utilized host wins.
-/// `slowness` tells apart hosts that utilization alone cannot: two hosts
-/// at 100 %, one of them twice as slow per request.
-pub fn score(v: &View, medians: Medians, p: &Params) -> f64 {
-    let util = estimated_util(v.load.as_ref(), medians.util, p);
-    let spare = (1.0 - util).max(MIN_SPARE);
-    let queue = 1.0 + f64::from(v.in_flight) / f64::from(v.weight.max(1));
-    queue * latency_factor(v, medians.latency, p) / spare
+/// The queueing factor of a host with `util` of its capacity busy.
+fn pressure(util: f64) -> f64 {
+    1.0 / (1.0 - util).max(MIN_SPARE)
+}
+
+/// A backend's capacity: its weight times the CPUs its agent reports (the
+/// median of the reported ones while it has no report).
+pub fn capacity(v: &View, m: Medians) -> f64 {
+    let cpus = v.load.map_or(m.cpus, |l| l.cpus);
+    f64::from(v.weight.max(1)) * cpus.max(0.01)
 }
 
 /// The pool-wide references a score compares a backend with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Medians {
-    /// Median utilization of the known loads ([`median_util`]).
+    /// Median utilization of the known loads ([`medians`]).
     pub util: f64,
-    /// Median request duration of the healthy backends that have one.
-    pub latency: f64,
+    /// The lowest utilization known (the median when none is).
+    pub least_util: f64,
+    /// Median CPUs of the backends that reported them.
+    pub cpus: f64,
 }
 
-/// The median utilization of the backends whose report has not expired,
-/// or 0.5 when none has one (then every backend ranks alike anyway).
-pub fn median_util(n: usize, view: impl Fn(usize) -> View, p: &Params) -> f64 {
-    let known = (0..n).filter_map(|i| view(i).load.filter(|l| l.age < p.expiry()));
-    median(known.map(|l| l.util), false).unwrap_or(0.5)
-}
-
-/// The lower median request duration of the healthy backends that have
-/// one (0 when none has): the lower one so that, of two hosts, the slow one
-/// is compared with the fast one and not with their average.
-pub fn median_latency(n: usize, view: impl Fn(usize) -> View) -> f64 {
-    let measured = (0..n).map(&view).filter(|v| v.up && v.latency > 0.0);
-    median(measured.map(|v| v.latency), true).unwrap_or(0.0)
+/// The median and lowest utilization of the backends whose report has
+/// not expired (0.5 when none has one: then every backend ranks alike
+/// anyway) and the median CPUs of those that ever reported (1 when none
+/// has).
+pub fn medians(n: usize, view: impl Fn(usize) -> View, p: &Params) -> Medians {
+    let known = || (0..n).filter_map(|i| view(i).load.filter(|l| l.age < p.expiry()));
+    let reported = (0..n).filter_map(|i| view(i).load);
+    let util = median(known().map(|l| l.util)).unwrap_or(0.5);
+    Medians {
+        util,
+        least_util: known().map(|l| l.util).reduce(f64::min).unwrap_or(util),
+        cpus: median(reported.map(|l| l.cpus)).unwrap_or(1.0),
+    }
 }
 
 /// The median of up to 64 values, without allocating; of an even count,
-/// the lower middle one when `low`, else the mean of the two.
-fn median(values: impl Iterator<Item = f64>, low: bool) -> Option<f64> {
+/// the mean of the two middle ones.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut buf = [0.0f64; 64];
     let mut len = 0;
     for v in values.take(buf.len()) {
@@ -277,8 +294,6 @@ fn median(values: impl Iterator<Item = f64>, low: bool) -> Option<f64> {
     let mid = known.len() / 2;
     Some(if known.len() % 2 == 1 {
         known[mid]
-    } else if low {
-        known[mid - 1]
     } else {
         (known[mid - 1] + known[mid]) / 2.0
     })
@@ -337,56 +352,100 @@ pub fn pick(
         Strategy::Random => weighted_random(n, &view, eligible, rng),
         // nginx's least_conn: requests in flight per unit of weight, ties
         // shared by weight (so idle backends take turns).
-        Strategy::LeastConnections => lowest(n, &view, eligible, rng, |i| {
-            let v = view(i);
-            f64::from(v.in_flight) / v.effective_weight()
-        }),
+        Strategy::LeastConnections => lowest(
+            n,
+            eligible,
+            rng,
+            |i| {
+                let v = view(i);
+                f64::from(v.in_flight) / v.effective_weight()
+            },
+            0.0,
+            |i| view(i).effective_weight(),
+        ),
         Strategy::LeastLoaded => {
+            // Relative latency finds a slow host only by comparing it with
+            // measured peers: a backend nobody has tried yet is tried
+            // first (once), or a lying agent's host would take every
+            // sequential request while the others stay unmeasured.
+            let untried = |i: usize| eligible(i) && view(i).untried;
+            if (0..n).any(untried) {
+                return weighted_random(n, &view, untried, rng);
+            }
             if rng.f64() < PROBE_FLOOR {
                 return weighted_random(n, &view, eligible, rng);
             }
-            let medians = Medians {
-                util: median_util(n, &view, &how.params),
-                latency: median_latency(n, &view),
-            };
-            lowest(n, &view, eligible, rng, |i| {
-                let v = view(i);
-                score(&v, medians, &how.params) / v.clamped_ramp()
-            })
+            let m = medians(n, &view, &how.params);
+            lowest(
+                n,
+                eligible,
+                rng,
+                |i| {
+                    let v = view(i);
+                    score(&v, m, &how.params) / v.clamped_ramp()
+                },
+                TIE_BAND,
+                |i| {
+                    let v = view(i);
+                    capacity(&v, m) * v.clamped_ramp()
+                },
+            )
         }
     }
 }
 
-/// The eligible index with the lowest `cost`. Ties are broken at random in
-/// proportion to weight × ramp (weighted reservoir sampling), so equal
-/// backends share traffic as their weights say.
+/// The eligible index with the lowest `cost`. Costs within `band` (a
+/// fraction) of the lowest count as ties, broken at random in proportion
+/// to `share` (weighted reservoir sampling), so equal backends share
+/// traffic as their weights or capacities say.
 fn lowest(
     n: usize,
-    view: impl Fn(usize) -> View,
     eligible: impl Fn(usize) -> bool,
     rng: &mut fastrand::Rng,
     cost: impl Fn(usize) -> f64,
+    band: f64,
+    share: impl Fn(usize) -> f64,
 ) -> Option<usize> {
-    let mut best: Option<(usize, f64)> = None;
-    let mut tied_weight = 0.0;
+    // Costs are computed once; pools beyond 64 backends fall back to
+    // computing them twice rather than allocating.
+    let mut buf = [f64::INFINITY; 64];
+    let mut best = f64::INFINITY;
+    let mut any = false;
+    // A NaN cost (never expected) ranks last instead of poisoning the min.
+    let cost = |i| {
+        Some(cost(i))
+            .filter(|c: &f64| !c.is_nan())
+            .unwrap_or(f64::INFINITY)
+    };
     for i in (0..n).filter(|&i| eligible(i)) {
         let c = cost(i);
-        let w = view(i).effective_weight();
-        match best {
-            Some((_, b)) if c > b + b.abs() * 1e-9 => {}
-            Some((_, b)) if c >= b - b.abs() * 1e-9 => {
-                tied_weight += w;
-                if rng.f64() * tied_weight < w {
-                    best = Some((i, b));
-                }
-            }
-            _ => {
-                best = Some((i, c));
-                tied_weight = w;
+        if i < buf.len() {
+            buf[i] = c;
+        }
+        best = best.min(c);
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    let limit = if best.is_finite() {
+        best + best.abs() * band.max(1e-9)
+    } else {
+        f64::INFINITY
+    };
+    let mut chosen = None;
+    let mut tied = 0.0;
+    for i in (0..n).filter(|&i| eligible(i)) {
+        let c = if i < buf.len() { buf[i] } else { cost(i) };
+        if c <= limit {
+            let w = share(i).max(1e-9);
+            tied += w;
+            if rng.f64() * tied < w {
+                chosen = Some(i);
             }
         }
     }
-    best.map(|(i, _)| i)
+    chosen
 }
 
 fn weighted_random(

@@ -1,24 +1,43 @@
 //! The load driver: HTTP/1.1 keep-alive connections (hyper's client
-//! connection API, one connection per worker task), closed-loop or
-//! open-loop, latencies in an HDR histogram.
+//! connection API), closed loop or open loop, latencies in an HDR histogram.
 //!
-//! - **Closed loop** (`Mode::Closed`): each of `conns` workers sends its
-//!   next request as soon as the previous answer ends. Measures throughput;
-//!   its latencies suffer coordinated omission, so reports take latency
-//!   from open-loop runs.
-//! - **Open loop** (`Mode::Open`): request *i* is due at `start + i/rate`
-//!   whatever happened before; its latency is measured from that due time,
-//!   so a stall shows as the queueing it causes (no coordinated omission,
-//!   as in wrk2).
+//! - **Closed loop** (`Mode::Closed`): each of `conns` workers, one
+//!   connection each, sends its next request as soon as the previous answer
+//!   ends. It measures throughput, and how a strategy does when the offered
+//!   load follows the cluster's speed; its latencies are those of a client
+//!   that waits (coordinated omission: a stall delays the requests that would
+//!   have suffered it instead of timing them).
+//! - **Open loop** (`Mode::Open`): Poisson arrivals at `rate` per second.
+//!   The gaps between arrivals are exponential with mean `1/rate`, drawn
+//!   before the run from an RNG seeded with [`Load::seed`] ([`arrivals`]):
+//!   the same seed gives the same schedule, and no arrival waits for an
+//!   earlier answer. At each due time a dispatcher starts the request on an
+//!   idle keep-alive connection, or opens a new one; at most `conns`
+//!   requests are in flight, a safety bound set well above the concurrency
+//!   of a normal run (a request that had to wait for it is counted in
+//!   [`LoadResult::throttled`]). Latency runs from the request's *due time*,
+//!   not from when it was sent, so every wait (for the timer, a connection,
+//!   the cap, the server) shows as latency: coordinated omission is
+//!   accounted for, as in wrk2. Poisson rather than wrk2's even spacing
+//!   because independent clients arrive that way: bursts happen, and a
+//!   balancer has to absorb them.
+//!
+//! Paths come from [`Load::paths`] in turn, or with [`Load::shuffle`] each
+//! request picks one at random (a list with repeats is a weighted mix),
+//! seeded by the seed and the request's number, so reproducible whatever
+//! the timing. Every request is bounded (`REQUEST_TIMEOUT`) and every run is
+//! bounded in time and count.
 //!
 //! Every response is attributed to the backend named in its `X-Backend`
 //! header, overall and per time bucket (for failover timelines). A line per
-//! second goes to stderr while a run lasts.
+//! second goes to stderr while a run lasts. [`run_merged`] runs several
+//! loads at once (one driver per balancer) and also merges their
+//! histograms, so percentiles over all of them are exact.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -29,14 +48,21 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// The longest a request may take before it counts as an error: bounds a
+/// run's tail whatever the server does.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
     /// `conns` connections, each sending back to back.
     Closed { conns: usize },
-    /// `rate` requests per second over up to `conns` connections.
+    /// Poisson arrivals at `rate` requests per second, at most `conns` in
+    /// flight (and so at most `conns` connections).
     Open { rate: f64, conns: usize },
 }
 
@@ -46,7 +72,7 @@ pub struct Load {
     /// Shown in the progress line and the report.
     pub label: String,
     pub target: SocketAddr,
-    /// Request paths, used in turn (a request mix).
+    /// Request paths, used in turn, or picked at random with `shuffle`.
     pub paths: Vec<String>,
     pub mode: Mode,
     /// The run stops at this time...
@@ -57,6 +83,12 @@ pub struct Load {
     pub gzip: bool,
     /// Width of the timeline buckets.
     pub bucket: Duration,
+    /// Seeds the open loop's arrival times and the `shuffle` picks, so that
+    /// runs compared with each other see the same schedule and mix.
+    pub seed: u64,
+    /// Each request picks its path at random from `paths` instead of in
+    /// turn: a mix without a pattern a strategy could lock onto.
+    pub shuffle: bool,
 }
 
 impl Load {
@@ -77,6 +109,8 @@ impl Load {
             max_requests: None,
             gzip: false,
             bucket: Duration::from_secs(1),
+            seed: 1,
+            shuffle: false,
         }
     }
 }
@@ -121,6 +155,14 @@ pub struct LoadResult {
     pub body_bytes: u64,
     /// Responses with `Content-Encoding: gzip`.
     pub gzipped: u64,
+    /// Open loop: requests that found the `conns` cap reached and waited
+    /// for a slot (their latency still counts from the due time). Zero
+    /// means the arrivals were never shaped by the driver.
+    pub throttled: u64,
+    /// The most requests in flight at once.
+    pub max_in_flight: u64,
+    /// Connections opened (reconnections included).
+    pub connections: u64,
     pub timeline: Vec<Bucket>,
     /// The first few error messages, for the report.
     pub error_samples: Vec<String>,
@@ -134,7 +176,26 @@ impl LoadResult {
     }
 }
 
-/// One worker's tallies, merged at the end.
+/// One answered (or failed) request, as a worker or a dispatched task saw it.
+struct Outcome {
+    /// Its timeline bucket (from its due time).
+    idx: usize,
+    /// From its due time to the end of its body.
+    latency: Duration,
+    throttled: bool,
+    answer: Result<Answer, String>,
+}
+
+/// What came back: status, `X-Backend`, body bytes, gzipped.
+struct Answer {
+    status: u16,
+    backend: Option<http::HeaderValue>,
+    bytes: u64,
+    gzipped: bool,
+}
+
+/// The tallies of one driver (or several, merged).
+#[derive(Clone)]
 struct Tally {
     /// Width of a timeline bucket.
     width: Duration,
@@ -145,6 +206,7 @@ struct Tally {
     statuses: BTreeMap<u16, u64>,
     body_bytes: u64,
     gzipped: u64,
+    throttled: u64,
     timeline: Vec<Bucket>,
     error_samples: Vec<String>,
 }
@@ -160,6 +222,7 @@ impl Tally {
             statuses: BTreeMap::new(),
             body_bytes: 0,
             gzipped: 0,
+            throttled: 0,
             timeline: Vec::new(),
             error_samples: Vec::new(),
         }
@@ -176,6 +239,32 @@ impl Tally {
         &mut self.timeline[idx]
     }
 
+    fn record(&mut self, o: Outcome) {
+        self.throttled += u64::from(o.throttled);
+        let a = match o.answer {
+            Ok(a) => a,
+            Err(msg) => return self.error(o.idx, msg),
+        };
+        *self.statuses.entry(a.status).or_default() += 1;
+        if !(200..300).contains(&a.status) {
+            return self.error(o.idx, format!("HTTP {}", a.status));
+        }
+        let us = o.latency.as_micros() as u64;
+        self.hist.saturating_record(us.max(1));
+        self.ok += 1;
+        self.body_bytes += a.bytes;
+        self.gzipped += u64::from(a.gzipped);
+        let name = a
+            .backend
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let b = self.bucket(o.idx);
+        b.ok += 1;
+        count(&mut b.by_backend, name);
+        count(&mut self.by_backend, name);
+    }
+
     fn error(&mut self, idx: usize, msg: String) {
         self.errors += 1;
         self.bucket(idx).errors += 1;
@@ -188,6 +277,7 @@ impl Tally {
         let _ = self.hist.add(&o.hist);
         self.ok += o.ok;
         self.errors += o.errors;
+        self.throttled += o.throttled;
         for (k, v) in o.by_backend {
             *self.by_backend.entry(k).or_default() += v;
         }
@@ -212,22 +302,121 @@ impl Tally {
     }
 }
 
-/// What the workers share.
+/// What the workers (closed loop) or request tasks (open loop) share.
 struct Shared {
     load: Load,
     start: Instant,
     deadline: Instant,
-    /// Next request number (closed loop: a budget; open loop: a schedule).
+    /// Next request number (closed loop).
     next: AtomicU64,
     ok: AtomicU64,
     errors: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Shared {
+    /// The timeline bucket of a request due at `due`.
+    fn bucket_of(&self, due: Instant) -> usize {
+        let width = self.load.bucket.as_nanos().max(1);
+        (due.duration_since(self.start).as_nanos() / width) as usize
+    }
+
+    /// The path of request number `i`.
+    fn path(&self, i: u64) -> &str {
+        let l = &self.load;
+        &l.paths[path_index(l.seed, i, l.paths.len(), l.shuffle)]
+    }
+
+    /// Sends one request with the in-flight count and progress kept.
+    async fn send(
+        &self,
+        sender: &mut Option<SendRequest<Empty<Bytes>>>,
+        path: &str,
+    ) -> Result<Answer, String> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, request(sender, self, path)).await
+        {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+        };
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if answer.is_err() {
+            // The connection's state is unknown: start afresh.
+            *sender = None;
+        }
+        let ok = answer
+            .as_ref()
+            .is_ok_and(|a| (200..300).contains(&a.status));
+        let counter = if ok { &self.ok } else { &self.errors };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
 }
 
 /// Runs `load` to completion and returns what it measured.
 pub async fn run(load: Load) -> Result<LoadResult> {
-    let conns = match load.mode {
-        Mode::Closed { conns } | Mode::Open { conns, .. } => conns.max(1),
-    };
+    let (tally, shared, elapsed) = drive(load).await?;
+    Ok(summarize(
+        shared.load.label.clone(),
+        describe(&shared.load.mode),
+        tally,
+        elapsed,
+        &[&shared],
+    ))
+}
+
+/// Runs `loads` at the same time (say, one driver per balancer) and
+/// returns each one's result and one result over all of them, `label`led,
+/// whose percentiles come from the merged histograms.
+pub async fn run_merged(label: &str, loads: Vec<Load>) -> Result<(Vec<LoadResult>, LoadResult)> {
+    let handles: Vec<_> = loads.into_iter().map(|l| tokio::spawn(drive(l))).collect();
+    let mut parts = Vec::new();
+    for h in handles {
+        parts.push(h.await??);
+    }
+    let width = parts
+        .first()
+        .map_or(Duration::from_secs(1), |p| p.1.load.bucket);
+    let mut all = Tally::new(width);
+    let mut results = Vec::new();
+    let mut elapsed: f64 = 0.0;
+    let mut modes = Vec::new();
+    let mut shared = Vec::new();
+    for (tally, s, secs) in parts {
+        all.merge(tally.clone());
+        elapsed = elapsed.max(secs);
+        modes.push(describe(&s.load.mode));
+        results.push(summarize(
+            s.load.label.clone(),
+            describe(&s.load.mode),
+            tally,
+            secs,
+            &[&s],
+        ));
+        shared.push(s);
+    }
+    let refs: Vec<&Shared> = shared.iter().map(|s| &**s).collect();
+    let mode = format!("{} drivers at once: {}", refs.len(), modes.join("; "));
+    let merged = summarize(label.to_string(), mode, all, elapsed, &refs);
+    Ok((results, merged))
+}
+
+fn describe(mode: &Mode) -> String {
+    match mode {
+        Mode::Closed { conns } => format!("closed loop, {conns} connections"),
+        Mode::Open { rate, conns } => {
+            format!("open loop, Poisson arrivals at {rate:.1} req/s, at most {conns} in flight")
+        }
+    }
+}
+
+/// Runs one load: its tallies, its shared state and its elapsed seconds.
+async fn drive(load: Load) -> Result<(Tally, Arc<Shared>, f64)> {
+    anyhow::ensure!(!load.paths.is_empty(), "a load needs at least one path");
     let start = Instant::now();
     let shared = Arc::new(Shared {
         deadline: start + load.duration,
@@ -235,20 +424,39 @@ pub async fn run(load: Load) -> Result<LoadResult> {
         next: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         load,
     });
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(progress(shared.clone(), done.clone()));
-    let workers: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(worker(shared.clone())))
-        .collect();
-    let mut total = Tally::new(shared.load.bucket);
-    for w in workers {
-        total.merge(w.await?);
-    }
+    let tally = match shared.load.mode {
+        Mode::Closed { conns } => {
+            let workers: Vec<_> = (0..conns.max(1))
+                .map(|_| tokio::spawn(worker(shared.clone())))
+                .collect();
+            let mut total = Tally::new(shared.load.bucket);
+            for w in workers {
+                total.merge(w.await?);
+            }
+            total
+        }
+        Mode::Open { rate, conns } => open_loop(shared.clone(), rate, conns.max(1)).await,
+    };
     let elapsed = start.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let _ = progress.await;
+    Ok((tally, shared, elapsed))
+}
+
+fn summarize(
+    label: String,
+    mode: String,
+    total: Tally,
+    elapsed: f64,
+    shared: &[&Shared],
+) -> LoadResult {
     let h = &total.hist;
     let ms = |us: u64| us as f64 / 1000.0;
     let latency_ms = if h.is_empty() {
@@ -263,15 +471,15 @@ pub async fn run(load: Load) -> Result<LoadResult> {
             max: ms(h.max()),
         }
     };
-    let l = &shared.load;
-    Ok(LoadResult {
-        label: l.label.clone(),
-        mode: match l.mode {
-            Mode::Closed { conns } => format!("closed loop, {conns} connections"),
-            Mode::Open { rate, conns } => {
-                format!("open loop, {rate:.0} req/s over up to {conns} connections")
-            }
-        },
+    let sum = |f: fn(&Shared) -> &AtomicU64| {
+        shared
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    LoadResult {
+        label,
+        mode,
         ok: total.ok,
         errors: total.errors,
         elapsed_s: elapsed,
@@ -281,9 +489,94 @@ pub async fn run(load: Load) -> Result<LoadResult> {
         statuses: total.statuses,
         body_bytes: total.body_bytes,
         gzipped: total.gzipped,
+        throttled: total.throttled,
+        max_in_flight: sum(|s| &s.max_in_flight),
+        connections: sum(|s| &s.connections),
         timeline: total.timeline,
         error_samples: total.error_samples,
-    })
+    }
+}
+
+/// The due times of an open-loop run, counted from its start: Poisson
+/// arrivals at `rate` per second (independent exponential gaps of mean
+/// `1/rate`) from an RNG seeded with `seed`, until `duration` or `max`
+/// arrivals.
+pub fn arrivals(rate: f64, duration: Duration, max: u64, seed: u64) -> Vec<Duration> {
+    let mut out = Vec::new();
+    if !(rate.is_finite() && rate > 0.0) {
+        return out;
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let end = duration.as_secs_f64();
+    let mut t = 0.0;
+    while (out.len() as u64) < max {
+        // 1 - U lies in (0, 1]: the logarithm never sees 0.
+        t += -(1.0 - rng.f64()).ln() / rate;
+        if t >= end {
+            break;
+        }
+        out.push(Duration::from_secs_f64(t));
+    }
+    out
+}
+
+/// Which of `n` paths request number `i` uses: in turn, or (with
+/// `shuffle`) uniformly at random, from `seed` and `i` alone.
+pub fn path_index(seed: u64, i: u64, n: usize, shuffle: bool) -> usize {
+    let n = n.max(1);
+    if !shuffle {
+        return (i % n as u64) as usize;
+    }
+    // A stream of its own (not the arrivals'), one draw per request number.
+    let key = seed.rotate_left(29) ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fastrand::Rng::with_seed(key).usize(..n)
+}
+
+/// The open loop: starts each request at its due time, whatever is still
+/// in flight; idle connections are reused, new ones opened on demand.
+async fn open_loop(s: Arc<Shared>, rate: f64, cap: usize) -> Tally {
+    let l = &s.load;
+    let schedule = arrivals(rate, l.duration, l.max_requests.unwrap_or(u64::MAX), l.seed);
+    let idle: Arc<Mutex<Vec<SendRequest<Empty<Bytes>>>>> = Arc::default();
+    let slots = Arc::new(Semaphore::new(cap));
+    let mut tasks = JoinSet::new();
+    let mut t = Tally::new(l.bucket);
+    for (i, at) in schedule.into_iter().enumerate() {
+        let due = s.start + at;
+        tokio::time::sleep_until(due).await;
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(o) = done {
+                t.record(o);
+            }
+        }
+        let (s, idle, slots) = (s.clone(), idle.clone(), slots.clone());
+        tasks.spawn(async move {
+            let (_slot, throttled) = match slots.clone().try_acquire_owned() {
+                Ok(p) => (Some(p), false),
+                Err(_) => (slots.acquire_owned().await.ok(), true),
+            };
+            let mut sender = idle.lock().ok().and_then(|mut v| v.pop());
+            let answer = s.send(&mut sender, s.path(i as u64)).await;
+            let latency = due.elapsed();
+            if let Some(tx) = sender.filter(|tx| !tx.is_closed()) {
+                if let Ok(mut v) = idle.lock() {
+                    v.push(tx);
+                }
+            }
+            Outcome {
+                idx: s.bucket_of(due),
+                latency,
+                throttled,
+                answer,
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(o) = done {
+            t.record(o);
+        }
+    }
+    t
 }
 
 /// Prints a line per second until `done`.
@@ -300,11 +593,12 @@ async fn progress(s: Arc<Shared>, done: Arc<AtomicBool>) {
         let ok = s.ok.load(Ordering::Relaxed);
         let err = s.errors.load(Ordering::Relaxed);
         eprintln!(
-            "  [{}] {:>4.0}s/{total:.0}s  {:>8} req/s  {:>5} errors/s  ({ok} ok, {err} errors so far)",
+            "  [{}] {:>4.0}s/{total:.0}s  {:>8} req/s  {:>5} errors/s  {:>4} in flight  ({ok} ok, {err} errors so far)",
             s.load.label,
             s.start.elapsed().as_secs_f64(),
             ok - last_ok,
             err - last_err,
+            s.in_flight.load(Ordering::Relaxed),
         );
         (last_ok, last_err) = (ok, err);
     }
@@ -320,85 +614,57 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
     Ok(sender)
 }
 
-/// One connection's loop: take the next request, (open loop: wait for its
-/// due time), send it, read the whole answer, tally it.
+/// One closed-loop connection: take the next request number, send it, read
+/// the whole answer, tally it, until the deadline or the request budget.
 async fn worker(s: Arc<Shared>) -> Tally {
     let mut t = Tally::new(s.load.bucket);
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
-    let width = s.load.bucket;
     let max = s.load.max_requests.unwrap_or(u64::MAX);
     loop {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
-        if i >= max {
+        let due = Instant::now();
+        if i >= max || due >= s.deadline {
             break;
         }
-        let due = match s.load.mode {
-            Mode::Closed { .. } => Instant::now(),
-            Mode::Open { rate, .. } => s.start + Duration::from_secs_f64(i as f64 / rate),
-        };
-        if due >= s.deadline || Instant::now() >= s.deadline {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
-        let idx = (due.duration_since(s.start).as_nanos() / width.as_nanos().max(1)) as usize;
-        let path = &s.load.paths[i as usize % s.load.paths.len()];
-        match request(&mut sender, &s.load, path).await {
-            Ok((status, backend, bytes, gz)) => {
-                *t.statuses.entry(status).or_default() += 1;
-                if (200..300).contains(&status) {
-                    let us = due.elapsed().as_micros() as u64;
-                    t.hist.saturating_record(us.max(1));
-                    t.ok += 1;
-                    t.body_bytes += bytes;
-                    t.gzipped += u64::from(gz);
-                    s.ok.fetch_add(1, Ordering::Relaxed);
-                    let name = backend
-                        .as_ref()
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    let b = t.bucket(idx);
-                    b.ok += 1;
-                    count(&mut b.by_backend, name);
-                    count(&mut t.by_backend, name);
-                } else {
-                    s.errors.fetch_add(1, Ordering::Relaxed);
-                    t.error(idx, format!("HTTP {status}"));
-                }
-            }
-            Err(e) => {
-                sender = None;
-                s.errors.fetch_add(1, Ordering::Relaxed);
-                t.error(idx, format!("{e:#}"));
-                // Do not spin on a refused connection.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        let answer = s.send(&mut sender, s.path(i)).await;
+        let failed = answer.is_err();
+        t.record(Outcome {
+            idx: s.bucket_of(due),
+            latency: due.elapsed(),
+            throttled: false,
+            answer,
+        });
+        if failed {
+            // Do not spin on a refused connection.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     t
 }
 
 /// Sends one request (connecting first when needed) and reads the whole
-/// response: (status, `X-Backend`, body bytes, gzipped).
+/// response.
 async fn request(
     sender: &mut Option<SendRequest<Empty<Bytes>>>,
-    load: &Load,
+    s: &Shared,
     path: &str,
-) -> Result<(u16, Option<http::HeaderValue>, u64, bool)> {
+) -> Result<Answer> {
     if sender.as_ref().map_or(true, SendRequest::is_closed) {
-        *sender = Some(connect(load.target).await?);
+        *sender = Some(connect(s.load.target).await?);
+        s.connections.fetch_add(1, Ordering::Relaxed);
     }
     let Some(tx) = sender.as_mut() else {
         unreachable!("connected above")
     };
     tx.ready().await?;
     let mut req = http::Request::get(path).header(http::header::HOST, "bench.local");
-    if load.gzip {
+    if s.load.gzip {
         req = req.header(http::header::ACCEPT_ENCODING, "gzip");
     }
     let resp = tx.send_request(req.body(Empty::new())?).await?;
     let status = resp.status().as_u16();
     let backend = resp.headers().get("x-backend").cloned();
-    let gz = resp
+    let gzipped = resp
         .headers()
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
@@ -409,7 +675,12 @@ async fn request(
             bytes += data.len() as u64;
         }
     }
-    Ok((status, backend, bytes, gz))
+    Ok(Answer {
+        status,
+        backend,
+        bytes,
+        gzipped,
+    })
 }
 
 /// Adds one to `name`'s count, allocating its key only the first time.
@@ -446,3 +717,7 @@ pub async fn open_idle(addr: SocketAddr, path: &str) -> Result<SendRequest<Empty
     resp.into_body().collect().await?;
     Ok(tx)
 }
+
+#[cfg(test)]
+#[path = "load_tests.rs"]
+mod tests;

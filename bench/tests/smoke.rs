@@ -1,7 +1,8 @@
 //! Smoke test: runs `bench failover --quick` (our own binaries only, no
 //! nginx/HAProxy/wrk or cgroups needed) and checks that its report is well
 //! formed: JSON that parses with the expected fields, a Markdown table, and
-//! SVG that is balanced XML. No timing assertions.
+//! SVG that is balanced XML, and that the load was the open loop's Poisson
+//! arrivals. No timing assertions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +35,15 @@ fn failover_quick_writes_a_well_formed_report() {
     );
     assert!(result["errors"].is_u64());
     assert!(result["latency_ms"]["p99"].is_number());
+    // The open loop: Poisson arrivals, none held back by the driver.
+    assert!(
+        result["mode"]
+            .as_str()
+            .is_some_and(|m| m.contains("Poisson")),
+        "{}",
+        result["mode"]
+    );
+    assert_eq!(result["throttled"], 0, "arrivals held back by the driver");
     assert!(result["timeline"].as_array().is_some_and(|t| !t.is_empty()));
     let goals = json["goals"].as_array().expect("goals");
     assert!(!goals.is_empty());

@@ -37,6 +37,7 @@ fn shares(strategy: Strategy, views: &[View], n: usize, hold: bool) -> Vec<f64> 
         counts[i] += 1;
         if hold {
             views[i].in_flight += 1;
+            views[i].busy += 1;
         }
     }
     counts.iter().map(|&c| c as f64 / n as f64).collect()
@@ -79,6 +80,7 @@ fn least_loaded_composes_the_ramp_with_the_load() {
     let report = |util| {
         Some(LoadView {
             util,
+            cpus: 1.0,
             age: Duration::ZERO,
             rate: 0.0,
             cost: 0.0,

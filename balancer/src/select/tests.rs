@@ -9,6 +9,7 @@ const P: Params = Params {
 fn report(util: f64, age_ms: u64) -> Option<LoadView> {
     Some(LoadView {
         util,
+        cpus: 1.0,
         age: Duration::from_millis(age_ms),
         rate: 0.0,
         cost: 0.0,
@@ -21,8 +22,10 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         up: true,
         weight: 1,
         in_flight,
-        latency: 0.0,
-        latency_age: Duration::ZERO,
+        busy: in_flight,
+        slowness: 1.0,
+        service: 0.0,
+        untried: false,
         load: util,
         ramp: 1.0,
     }
@@ -48,6 +51,7 @@ fn estimated_util_interprets_a_report_by_its_age() {
 fn requests_sent_since_the_report_raise_the_estimate_but_never_lower_it() {
     let base = LoadView {
         util: 0.3,
+        cpus: 1.0,
         age: Duration::from_millis(500),
         rate: 100.0,   // 100 requests/s during the report's period
         cost: 0.002,   // each request/s costs 0.2 % (2 ms requests on 1 core)
@@ -77,57 +81,70 @@ fn requests_sent_since_the_report_raise_the_estimate_but_never_lower_it() {
     assert_eq!(estimated_util(Some(&l), 0.5, &P), 0.3);
 }
 
-#[test]
-fn score_ranks_by_spare_capacity_and_queue() {
-    // (view, expected score) at median 0.5
-    let table = [
-        (view(report(0.0, 0), 0), 1.0),
-        (view(report(0.5, 0), 0), 2.0),
-        (view(report(0.9, 0), 0), 10.0),
-        (view(report(1.0, 0), 0), 20.0), // floored spare: still ranked
-        (view(report(0.0, 0), 3), 4.0),  // each request in flight counts
-        (view(None, 0), 2.0),            // unknown ranks with the median
-        (
-            View {
-                weight: 2,
-                ..view(report(0.5, 0), 1)
-            },
-            3.0, // (1 + 1/2) / 0.5
-        ),
-    ];
-    for (v, want) in table {
-        let medians = Medians {
-            util: 0.5,
-            latency: 0.0,
-        };
-        let got = score(&v, medians, &P);
-        assert!((got - want).abs() < 1e-9, "{v:?}: {got} != {want}");
-    }
+const M: Medians = Medians {
+    util: 0.5,
+    least_util: 0.0,
+    cpus: 1.0,
+};
+
+fn with(v: View, f: impl FnOnce(&mut View)) -> View {
+    let mut v = v;
+    f(&mut v);
+    v
+}
+
+fn cpus(v: View, cpus: f64) -> View {
+    with(v, |v| {
+        if let Some(l) = &mut v.load {
+            l.cpus = cpus;
+        }
+    })
 }
 
 #[test]
-fn latency_factor_compares_with_the_median_and_fades_with_age() {
-    let v = |latency: f64, age_s: u64| View {
-        latency,
-        latency_age: Duration::from_secs(age_s),
-        ..view(None, 0)
-    };
-    // (view, median, expected factor); P's memory is 10 s.
+fn score_is_queue_times_slowness_times_pressure() {
+    let slow = |v: View, s: f64| with(v, |v| v.slowness = s);
+    // (view, expected score) at median utilization 0.5, least 0, median
+    // 1 CPU
     let table = [
-        (v(0.010, 0), 0.010, 1.0),                          // as fast as the others
-        (v(0.001, 0), 0.010, 1.0),                          // faster: no bonus
-        (v(0.020, 0), 0.010, 1.0),                          // within 1.5 × median + 5 ms: noise
-        (v(0.0025, 0), 0.0005, 1.0), // a slow sample of a 0.5 ms request: noise
-        (v(0.050, 0), 0.010, 3.0),   // 1 + (50 - 15 - 5) / (10 + 5)
-        (v(0.500, 0), 0.010, 4.0),   // bounded at 4
-        (v(0.050, 10), 0.010, 1.0 + 2.0 * (-1.0f64).exp()), // fading
-        (v(0.050, 1000), 0.010, 1.0), // forgotten: tried again
-        (v(0.0, 0), 0.010, 1.0),     // never measured
-        (v(0.040, 0), 0.0, 1.0),     // nothing to compare with
+        (view(report(0.0, 0), 0), 1.0),
+        (view(report(0.5, 0), 0), 2.0),
+        (view(report(0.7, 0), 0), 1.0 / 0.3),
+        // The agent alone: 100 % reads at most UTIL_TRUST times busier
+        // than the idlest host...
+        (view(report(0.9, 0), 0), 4.0),
+        (view(report(1.0, 0), 0), 4.0),
+        // ...the full 1 / spare when the host is also measured slow.
+        (slow(view(report(0.9, 0), 0), 4.0), 10.0 * 4.0),
+        (slow(view(report(1.0, 0), 0), 8.0), 20.0 * 8.0), // floored spare
+        // Measured slowness alone, as with an agent claiming idle.
+        (slow(view(report(0.0, 0), 0), 5.0), 5.0),
+        (slow(view(report(0.0, 0), 0), 0.5), 0.5), // faster than its peers
+        // Each request waiting on the backend counts, per unit of capacity.
+        (view(report(0.0, 0), 3), 4.0),
+        (cpus(view(report(0.0, 0), 1), 0.25), 5.0),
+        (
+            with(cpus(view(report(0.0, 0), 2), 4.0), |v| v.weight = 2),
+            1.25,
+        ),
+        // Requests held open by slow readers (not busy) do not count.
+        (with(view(report(0.0, 0), 0), |v| v.in_flight = 9), 1.0),
+        // Unknown load ranks with the median utilization and CPUs.
+        (view(None, 0), 2.0),
+        (view(None, 1), 4.0),
     ];
-    for (view, median, want) in table {
-        let got = latency_factor(&view, median, &P);
-        assert!((got - want).abs() < 1e-9, "{view:?}: {got} != {want}");
+    for (v, want) in table {
+        let got = score(&v, M, &P);
+        assert!((got - want).abs() < 1e-9, "{v:?}: {got} != {want}");
+    }
+    // When every host is busy, the agents' differences count in full.
+    let busy = Medians {
+        least_util: 0.8,
+        ..M
+    };
+    for (util, want) in [(0.8, 5.0), (0.9, 10.0), (1.0, 20.0)] {
+        let got = score(&view(report(util, 0), 0), busy, &P);
+        assert!((got - want).abs() < 1e-9, "{util}: {got} != {want}");
     }
 }
 
@@ -136,25 +153,58 @@ fn between_saturated_hosts_the_slower_one_is_avoided() {
     // Both report 100 % CPU; one serves four times slower (noisy
     // neighbours). Utilization cannot tell them apart; latency can.
     let mut views = [view(report(1.0, 0), 0), view(report(1.0, 0), 0)];
-    views[0].latency = 0.200;
-    views[1].latency = 0.040;
-    let counts = distribution(Strategy::LeastLoaded, &mut views, 10, true);
-    // The fast one takes about four fifths while requests pile up.
-    assert!(counts[1] >= 7, "{counts:?}");
+    views[0].slowness = 4.0;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 12, true);
+    // 80 × (1 + k) against 20 × (1 + k'): four times slower, it gets a
+    // request once the fast one is four deep: about a fifth.
+    assert!(counts[1] >= 9, "{counts:?}");
 }
 
 #[test]
-fn median_ignores_unknown_and_expired_reports() {
-    let views = [
-        view(report(0.9, 0), 0),
-        view(report(0.1, 0), 0),
-        view(None, 0),
-        view(report(0.0, 9000), 0),
+fn an_agent_alone_cannot_starve_or_flood_a_host() {
+    // Claims 100 % while serving as fast as its peers: sequential traffic
+    // avoids it (but for the probe floor), and under concurrency it takes
+    // its part once the others are three requests deep (8 = 4 × 2 against
+    // 2 × (1 + 3)) and a request per four of theirs after that, where an
+    // unbounded penalty (20) would wait until they were nine deep.
+    let mut views = [
+        view(report(1.0, 0), 0),
+        view(report(0.5, 0), 0),
         view(report(0.5, 0), 0),
     ];
-    assert_eq!(median_util(views.len(), |i| views[i], &P), 0.5);
-    assert_eq!(median_util(2, |i| views[i], &P), 0.5); // (0.9 + 0.1) / 2
-    assert_eq!(median_util(0, |i| views[i], &P), 0.5); // nothing known
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 24, true);
+    assert!(counts[0] >= 2, "{counts:?}");
+    // Claims 0 % while four times slower: it does not take the lion's
+    // share of sequential traffic.
+    let mut views = [
+        with(view(report(0.0, 0), 0), |v| v.slowness = 4.0),
+        view(report(0.5, 0), 0),
+        view(report(0.5, 0), 0),
+    ];
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 1000, false);
+    assert!(counts[0] < 50, "{counts:?}");
+}
+
+#[test]
+fn medians_ignore_unknown_and_expired_reports() {
+    let views = [
+        cpus(view(report(0.9, 0), 0), 2.0),
+        cpus(view(report(0.1, 0), 0), 0.5),
+        view(None, 0),
+        cpus(view(report(0.0, 9000), 0), 0.25),
+        view(report(0.5, 0), 0),
+    ];
+    let m = |n| medians(n, |i| views[i], &P);
+    // Utilization: 0.9, 0.1, 0.5 known (one expired); CPUs: all four that
+    // reported, the expired one included (capacity does not go stale).
+    let medians = |util, least_util, cpus| Medians {
+        util,
+        least_util,
+        cpus,
+    };
+    assert_eq!(m(5), medians(0.5, 0.1, 0.75));
+    assert_eq!(m(2), medians(0.5, 0.1, 1.25)); // (0.9 + 0.1) / 2
+    assert_eq!(m(0), medians(0.5, 0.5, 1.0)); // nothing known
 }
 
 /// Runs `n` picks, updating in-flight counts as `hold` says, and returns
@@ -175,6 +225,7 @@ fn distribution(strategy: Strategy, views: &mut [View], n: usize, hold: bool) ->
         counts[i] += 1;
         if hold {
             views[i].in_flight += 1;
+            views[i].busy += 1;
         }
     }
     counts
@@ -229,6 +280,45 @@ fn equal_backends_share_traffic_through_random_ties() {
     let mut views = [view(None, 0), view(None, 0), view(None, 0)];
     let counts = distribution(Strategy::LeastLoaded, &mut views, 3000, false);
     assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+}
+
+#[test]
+fn near_equal_scores_are_shared_and_capacity_sets_the_shares() {
+    // 0.05 against 0.10 utilization: noise, not a reason to herd.
+    let mut views = [view(report(0.05, 0), 0), view(report(0.10, 0), 0)];
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 2000, false);
+    assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    // Idle hosts of a quarter, half and one CPU share by capacity.
+    let mut views = [
+        cpus(view(report(0.0, 0), 0), 0.25),
+        cpus(view(report(0.0, 0), 0), 0.5),
+        cpus(view(report(0.0, 0), 0), 1.0),
+    ];
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 7000, false);
+    for (c, want) in counts.iter().zip([1000, 2000, 4000]) {
+        assert!(c.abs_diff(want) < 300, "{counts:?}");
+    }
+    // Under concurrency the one-CPU host absorbs the most.
+    let mut views = [
+        cpus(view(report(0.0, 0), 0), 0.25),
+        cpus(view(report(0.0, 0), 0), 0.5),
+        cpus(view(report(0.0, 0), 0), 1.0),
+    ];
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 14, true);
+    assert!(counts[2] > counts[1] && counts[1] > counts[0], "{counts:?}");
+}
+
+#[test]
+fn untried_backends_are_tried_first() {
+    let mut views = [
+        view(report(0.0, 0), 0),
+        view(report(0.9, 0), 0),
+        view(report(0.9, 0), 0),
+    ];
+    views[1].untried = true;
+    views[2].untried = true;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 100, false);
+    assert_eq!(counts[0], 0, "{counts:?}");
 }
 
 #[test]

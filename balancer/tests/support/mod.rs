@@ -570,6 +570,208 @@ pub async fn get_h2(url: &str, headers: &[(&str, &str)]) -> Resp {
 }
 
 // ---------------------------------------------------------------------------
+// Hosts whose speed the test sets, and sequential traffic on one keep-alive
+// client, for the least-loaded robustness tests.
+
+/// A backend whose speed the test controls, so that a host can be made
+/// slow (every request takes `slowdown` times longer) or stall once (one
+/// request answered late), independently of what its agent reports.
+///
+/// It answers every path with `200`, `X-Backend: id` and a one-line body,
+/// after waiting the `ms` of the query (as the demo backend's `/delay`)
+/// times the slowdown, plus a pending stall if one is armed. `/health`
+/// always answers at once, so health probes neither consume a stall nor
+/// see the slowness: only the requests the balancer routes do.
+pub struct DelayHost {
+    pub addr: SocketAddr,
+    pub id: String,
+    /// Multiplier of the requested delay: 1 is an ordinary host.
+    slowdown: Arc<std::sync::atomic::AtomicU32>,
+    /// Extra milliseconds the next routed request waits, once (0: none).
+    stall: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DelayHost {
+    /// Starts a host named `id` whose requests take `slowdown` times the
+    /// `ms` they ask for.
+    pub async fn start(id: &str, slowdown: u32) -> DelayHost {
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slowdown = Arc::new(AtomicU32::new(slowdown));
+        let stall = Arc::new(AtomicU64::new(0));
+        let header = http::HeaderValue::from_str(id).unwrap();
+        let (slow, once) = (Arc::clone(&slowdown), Arc::clone(&stall));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let (slow, once, header) = (Arc::clone(&slow), Arc::clone(&once), header.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let header = header.clone();
+                        let wait = if req.uri().path() == "/health" {
+                            Duration::ZERO
+                        } else {
+                            let ms = query_ms(req.uri().query().unwrap_or(""));
+                            let extra = once.swap(0, Relaxed);
+                            Duration::from_millis(ms * u64::from(slow.load(Relaxed)) + extra)
+                        };
+                        async move {
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                                b"delay host\n",
+                            )));
+                            resp.headers_mut().insert("x-backend", header);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        DelayHost {
+            addr,
+            id: id.to_owned(),
+            slowdown,
+            stall,
+        }
+    }
+
+    /// From now on, every routed request takes `times` the delay it asks for.
+    pub fn set_slowdown(&self, times: u32) {
+        self.slowdown
+            .store(times, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The next routed request (not a health probe) waits `extra` longer.
+    pub fn stall_next(&self, extra: Duration) {
+        self.stall.store(
+            extra.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Disarms a stall that no request has taken yet.
+    pub fn cancel_stall(&self) {
+        self.stall.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The `ms=N` of a query string, 0 when absent or not a number.
+fn query_ms(query: &str) -> u64 {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `backends = [...]` naming each address with its agent.
+pub fn backends_toml_addrs(hosts: &[(SocketAddr, &FakeAgent)]) -> String {
+    let items: Vec<String> = hosts
+        .iter()
+        .map(|(h, a)| format!("{{ addr = \"{h}\", agent = \"{}\" }}", a.addr))
+        .collect();
+    format!("backends = [{}]", items.join(", "))
+}
+
+/// One client connection reused for a run of sequential requests: faster
+/// than a connection per request, and what a real client does. The
+/// balancer chooses a backend per request, not per connection.
+#[derive(Clone)]
+pub struct Seq {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Seq {
+    pub fn new() -> Seq {
+        Seq { client: client() }
+    }
+
+    /// `GET url`, which must answer `200`; returns its `X-Backend`.
+    pub async fn get(&self, url: &str) -> String {
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let r = send(&self.client, req).await;
+        assert_eq!(r.status, StatusCode::OK, "{url}: {}", r.text());
+        r.backend()
+    }
+
+    /// Counts `X-Backend` values of `n` sequential GETs of `url`.
+    pub async fn tally(&self, url: &str, n: usize) -> Shares {
+        let mut shares = Shares::default();
+        for _ in 0..n {
+            shares.add(self.get(url).await);
+        }
+        shares
+    }
+
+    /// Sequential GETs of `url` until `until`, pausing `pause` between
+    /// them (light traffic that leaves the machine to the rest); counts
+    /// their `X-Backend` values.
+    pub async fn tally_until(&self, url: &str, until: Instant, pause: Duration) -> Shares {
+        let mut shares = Shares::default();
+        while Instant::now() < until {
+            shares.add(self.get(url).await);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        shares
+    }
+}
+
+impl Default for Seq {
+    fn default() -> Seq {
+        Seq::new()
+    }
+}
+
+/// How many of a run of requests each backend answered.
+#[derive(Debug, Clone, Default)]
+pub struct Shares {
+    pub counts: std::collections::BTreeMap<String, usize>,
+    pub total: usize,
+}
+
+impl Shares {
+    pub fn add(&mut self, backend: String) {
+        *self.counts.entry(backend).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Requests `id` answered.
+    pub fn count(&self, id: &str) -> usize {
+        self.counts.get(id).copied().unwrap_or(0)
+    }
+
+    /// The fraction of the requests `id` answered (0 when there were none).
+    pub fn share(&self, id: &str) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        self.count(id) as f64 / self.total as f64
+    }
+}
+
+impl std::fmt::Display for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} requests:", self.total)?;
+        for (id, n) in &self.counts {
+            write!(
+                f,
+                " {id} {n} ({:.1} %)",
+                100.0 * *n as f64 / self.total.max(1) as f64
+            )?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Resilience: backends that fail live traffic in particular ways.
 
 /// A backend that reads each request head and then resets the connection

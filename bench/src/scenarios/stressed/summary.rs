@@ -1,0 +1,294 @@
+//! From runs to the report: the median of each figure over the rounds,
+//! one table and one chart per (condition, pace), and issue 7's goals.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::measure::{Cond, Pace, Run, Spec, STRATEGIES};
+use crate::report::{bar_chart, median, ratio, Goal, Report};
+use crate::scenarios::ms;
+
+/// One simulated host, as the report names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    pub id: String,
+    /// Its cgroup's CPU quota, in cores.
+    pub quota: f64,
+}
+
+/// A measured condition: what was run and every run's result.
+#[derive(Debug, Serialize)]
+pub struct Measured {
+    pub spec: Spec,
+    pub hosts: Vec<HostInfo>,
+    /// Mean CPU milliseconds per request of the mix.
+    pub work_ms: f64,
+    /// Requests per second the quotas could serve at best.
+    pub capacity: f64,
+    pub runs: Vec<Run>,
+}
+
+/// One strategy's figures in one (condition, pace): medians over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub strategy: &'static str,
+    pub rounds: usize,
+    /// Closed loop: answers per second. Open loop: arrivals per second
+    /// over the arrival window (the rate the Poisson schedule realised).
+    pub rps: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    /// Each host's share of the answers, by host id.
+    pub shares: BTreeMap<String, f64>,
+    /// Summed over the rounds.
+    pub errors: u64,
+    pub throttled: u64,
+    /// The largest over the rounds.
+    pub max_in_flight: u64,
+}
+
+impl Measured {
+    /// The medians of `strategy` under `pace`, if it was run.
+    pub fn figures(&self, pace: Pace, strategy: &'static str) -> Option<Figures> {
+        let runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| r.pace == pace && r.strategy == strategy)
+            .collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let med = |f: fn(&Run) -> f64| median(runs.iter().map(|r| f(r)).collect()).unwrap_or(0.0);
+        let shares = self
+            .hosts
+            .iter()
+            .map(|h| {
+                let s = median(runs.iter().map(|r| r.result.share(&h.id)).collect());
+                (h.id.clone(), s.unwrap_or(0.0))
+            })
+            .collect();
+        Some(Figures {
+            strategy,
+            rounds: runs.len(),
+            rps: med(|r| match r.pace {
+                Pace::Closed => r.result.rps,
+                Pace::Open => (r.result.ok + r.result.errors) as f64 / r.secs.max(1e-9),
+            }),
+            mean: med(|r| r.result.latency_ms.mean),
+            p50: med(|r| r.result.latency_ms.p50),
+            p99: med(|r| r.result.latency_ms.p99),
+            p999: med(|r| r.result.latency_ms.p999),
+            shares,
+            errors: runs.iter().map(|r| r.result.errors).sum(),
+            throttled: runs.iter().map(|r| r.result.throttled).sum(),
+            max_in_flight: runs
+                .iter()
+                .map(|r| r.result.max_in_flight)
+                .max()
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// Adds one condition's section: what ran, then a table and a chart per pace.
+pub fn section(rep: &mut Report, m: &Measured, note: &str) -> Result<()> {
+    let spec = &m.spec;
+    rep.para(&format!("## {}", spec.cond.title()));
+    rep.para(note);
+    for &pace in &spec.paces {
+        rep.para(&format!("### {}", pace.name()));
+        let rows: Vec<Figures> = STRATEGIES
+            .iter()
+            .filter_map(|s| m.figures(pace, s))
+            .collect();
+        let rate = match pace {
+            Pace::Open => "arrivals/s",
+            Pace::Closed => "req/s",
+        };
+        let mut headers = vec!["strategy", rate, "mean", "p50", "p99", "p99.9"];
+        let host_heads: Vec<String> = m
+            .hosts
+            .iter()
+            .map(|h| format!("{} ({} core)", h.id, h.quota))
+            .collect();
+        headers.extend(host_heads.iter().map(String::as_str));
+        headers.push("errors");
+        if pace == Pace::Open {
+            headers.push("max in flight");
+        }
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|f| {
+                let mut row = vec![
+                    f.strategy.to_string(),
+                    format!("{:.1}", f.rps),
+                    ms(f.mean),
+                    ms(f.p50),
+                    ms(f.p99),
+                    ms(f.p999),
+                ];
+                row.extend(m.hosts.iter().map(|h| {
+                    format!(
+                        "{:.1}%",
+                        100.0 * f.shares.get(&h.id).copied().unwrap_or(0.0)
+                    )
+                }));
+                row.push(f.errors.to_string());
+                if pace == Pace::Open {
+                    row.push(f.max_in_flight.to_string());
+                }
+                row
+            })
+            .collect();
+        rep.table(&headers, &table);
+        let cats = ["mean", "p50", "p99", "p99.9"].map(String::from);
+        let series: Vec<(String, Vec<f64>)> = rows
+            .iter()
+            .map(|f| (f.strategy.to_string(), vec![f.mean, f.p50, f.p99, f.p999]))
+            .collect();
+        let title = format!("{}, {}", spec.cond.title(), pace.name());
+        let file = format!(
+            "latency-{}-{}",
+            spec.cond.slug(),
+            if pace == Pace::Open { "open" } else { "closed" }
+        );
+        rep.chart(
+            &file,
+            &format!("latency per strategy: {title}"),
+            bar_chart(
+                &format!("Latency per strategy: {title}"),
+                "ms",
+                &cats,
+                &series,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Issue 7's goals, each with the issue's threshold, from the medians.
+pub fn goals(all: &[Measured]) -> Vec<Goal> {
+    let fig = |cond: Cond, pace: Pace, strategy: &'static str, f: fn(&Figures) -> f64| {
+        all.iter()
+            .find(|m| m.spec.cond == cond)
+            .and_then(|m| m.figures(pace, strategy))
+            .map(|x| f(&x))
+    };
+    let ll = "least-loaded";
+    let lc = "least-connections";
+    let rr = "round-robin";
+    let mean: fn(&Figures) -> f64 = |f| f.mean;
+    let p99: fn(&Figures) -> f64 = |f| f.p99;
+    let vs = |cond, pace, other, f| ratio(fig(cond, pace, ll, f), fig(cond, pace, other, f));
+    let vs_better = |cond, pace, f| {
+        let best = match (fig(cond, pace, rr, f), fig(cond, pace, lc, f)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        ratio(fig(cond, pace, ll, f), best)
+    };
+    let (open, closed) = (Pace::Open, Pace::Closed);
+    let throttled: Option<f64> = {
+        let open_runs: Vec<&Run> = all
+            .iter()
+            .flat_map(|m| m.runs.iter())
+            .filter(|r| r.pace == Pace::Open)
+            .collect();
+        (!open_runs.is_empty()).then(|| open_runs.iter().map(|r| r.result.throttled as f64).sum())
+    };
+    let mut goals = vec![Goal::at_most(
+        "1. open loop (Poisson): arrivals held back by the driver's connection cap, all runs",
+        0.0,
+        throttled,
+    )];
+    let goal_2 = |cond: Cond, n: &str| {
+        let t = cond.title().to_lowercase();
+        [
+            Goal::at_most(
+                &format!("{n}. {t}, open loop: least-loaded p99 / least-connections p99"),
+                0.7,
+                vs(cond, open, lc, p99),
+            ),
+            Goal::at_most(
+                &format!("{n}. {t}, open loop: least-loaded mean / least-connections mean"),
+                1.0,
+                vs(cond, open, lc, mean),
+            ),
+            Goal::at_most(
+                &format!("{n}. {t}, closed loop: least-loaded p99 / round-robin p99"),
+                0.5,
+                vs(cond, closed, rr, p99),
+            ),
+            Goal::at_most(
+                &format!("{n}. {t}, closed loop: least-loaded p99 / least-connections p99"),
+                0.7,
+                vs(cond, closed, lc, p99),
+            ),
+        ]
+    };
+    goals.extend(goal_2(Cond::Stressed, "2"));
+    let better = "the better of round-robin and least-connections";
+    for pace in [open, closed] {
+        let p = pace.name();
+        goals.push(Goal::at_most(
+            &format!("3. no host stressed, {p}: least-loaded mean / {better}"),
+            1.05,
+            vs_better(Cond::Unstressed, pace, mean),
+        ));
+        goals.push(Goal::at_most(
+            &format!("3. no host stressed, {p}: least-loaded p99 / {better}"),
+            1.10,
+            vs_better(Cond::Unstressed, pace, p99),
+        ));
+    }
+    for pace in [open, closed] {
+        goals.push(Goal::at_most(
+            &format!(
+                "4. heterogeneous hosts, {}: least-loaded p99 / least-connections p99",
+                pace.name()
+            ),
+            0.7,
+            vs(Cond::Heterogeneous, pace, lc, p99),
+        ));
+    }
+    let shares = all
+        .iter()
+        .find(|m| m.spec.cond == Cond::Mixed)
+        .and_then(|m| m.figures(open, ll))
+        .map(|f| f.shares.values().copied().collect::<Vec<f64>>())
+        .filter(|s| !s.is_empty());
+    let lowest = shares
+        .as_ref()
+        .map(|s| s.iter().copied().fold(1.0, f64::min));
+    let highest = shares
+        .as_ref()
+        .map(|s| s.iter().copied().fold(0.0, f64::max));
+    goals.extend([
+        Goal::at_most(
+            "5. mixed work, open loop: least-loaded mean / least-connections mean",
+            1.05,
+            vs(Cond::Mixed, open, lc, mean),
+        ),
+        Goal::at_most(
+            "5. mixed work, open loop: least-loaded p99 / least-connections p99",
+            1.05,
+            vs(Cond::Mixed, open, lc, p99),
+        ),
+        Goal::at_least(
+            "5. mixed work, open loop: least-loaded's smallest host share",
+            0.15,
+            lowest,
+        ),
+        Goal::at_most(
+            "5. mixed work, open loop: least-loaded's largest host share",
+            0.35,
+            highest,
+        ),
+    ]);
+    goals.extend(goal_2(Cond::ThreeBalancers, "6"));
+    goals
+}
