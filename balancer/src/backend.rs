@@ -254,7 +254,7 @@ impl Backend {
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),
             service,
-            untried: self.signal.untried(),
+            untried: self.signal.untried() && self.in_flight.load(Relaxed) == 0,
             load: guard.as_deref().map(|s| {
                 let cpus = s.report.capacity();
                 LoadView {

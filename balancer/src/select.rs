@@ -29,8 +29,8 @@ pub struct View {
     pub slowness: f64,
     /// Its mean service time in seconds (0: none measured yet).
     pub service: f64,
-    /// It has never answered a request whole: `least-loaded` tries it
-    /// before trusting anything else about it.
+    /// It has never answered a request whole and has none in flight:
+    /// `least-loaded` sends it one before trusting anything else about it.
     pub untried: bool,
     /// The latest load report, if one is held.
     pub load: Option<LoadView>,
@@ -365,8 +365,9 @@ pub fn pick(
         ),
         Strategy::LeastLoaded => {
             // Relative latency finds a slow host only by comparing it with
-            // measured peers: a backend nobody has tried yet is tried
-            // first (once), or a lying agent's host would take every
+            // measured peers: a backend nobody has tried yet gets one
+            // request first (one at a time: a cold burst is not herded
+            // onto it), or a lying agent's host would take every
             // sequential request while the others stay unmeasured.
             let untried = |i: usize| eligible(i) && view(i).untried;
             if (0..n).any(untried) {
