@@ -42,6 +42,8 @@ pub struct Backend {
     /// Requests sent since the last load report: what the report cannot
     /// know about yet.
     dispatched: AtomicU64,
+    /// Its turn counter among equals, as `f64` bits ([`View::pass`]).
+    pass: AtomicU64,
     /// Requests sent, ever (for the admin view and rates).
     requests: AtomicU64,
     /// Failed attempts (connect errors, timeouts, protocol errors), ever.
@@ -117,6 +119,9 @@ impl Backend {
             in_flight: AtomicU32::new(0),
             busy: AtomicU32::new(0),
             dispatched: AtomicU64::new(0),
+            // A random phase, so that balancers started together do not
+            // take their turns in lockstep (as gRPC's EDF scheduler does).
+            pass: AtomicU64::new(fastrand::f64().to_bits()),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             signal: Signal::new(),
@@ -255,6 +260,7 @@ impl Backend {
             slowness: self.signal.slowness(now),
             service,
             untried: self.signal.untried() && self.in_flight.load(Relaxed) == 0,
+            pass: f64::from_bits(self.pass.load(Relaxed)),
             load: guard.as_deref().map(|s| {
                 let cpus = s.report.capacity();
                 LoadView {
@@ -269,6 +275,11 @@ impl Backend {
                 }
             }),
         }
+    }
+
+    /// Stores its turn counter after a pick among equals.
+    pub fn set_pass(&self, pass: f64) {
+        self.pass.store(pass.to_bits(), Relaxed);
     }
 
     /// Counters for the admin endpoints.

@@ -215,7 +215,11 @@ impl Pool {
             .count();
         let panic = self.note_panic(snap, out);
         let allowed = |i: usize| !tried.contains(i) && (panic || !states[i].1);
-        select::pick(&how, n, |i| states[i].0, allowed, rng)
+        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng)?;
+        if let Some(pass) = choice.pass {
+            snap.backends[choice.index].set_pass(pass);
+        }
+        Some(choice.index)
     }
 
     /// Whether `snap`'s pool is in panic mode now: more than

@@ -29,6 +29,11 @@ pub struct View {
     pub slowness: f64,
     /// Its mean service time in seconds (0: none measured yet).
     pub service: f64,
+    /// Its turn counter among equals (stride scheduling's pass): ties go
+    /// to the lowest, which then advances by 1 / its share, so equally
+    /// ranked backends take turns in proportion to their shares, as
+    /// nginx's and HAProxy's least-connections go round robin among equals.
+    pub pass: f64,
     /// It has never answered a request whole and has none in flight:
     /// `least-loaded` sends it one before trusting anything else about it.
     pub untried: bool,
@@ -50,6 +55,7 @@ impl View {
         slowness: 1.0,
         service: 0.0,
         untried: false,
+        pass: 0.0,
         load: None,
         ramp: 1.0,
     };
@@ -299,6 +305,22 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     })
 }
 
+/// What a pick decided: the backend, and its new turn counter when the
+/// pick was a turn taken among equals (the caller stores it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The chosen backend.
+    pub index: usize,
+    /// Its new [`View::pass`], if it changed.
+    pub pass: Option<f64>,
+}
+
+impl Choice {
+    fn plain(index: usize) -> Choice {
+        Choice { index, pass: None }
+    }
+}
+
 /// Everything a pick needs besides the views.
 #[derive(Debug)]
 pub struct Pick<'a> {
@@ -329,8 +351,9 @@ pub fn pick(
     view: impl Fn(usize) -> View,
     allowed: impl Fn(usize) -> bool,
     rng: &mut fastrand::Rng,
-) -> Option<usize> {
+) -> Option<Choice> {
     let eligible = |i: usize| allowed(i) && view(i).up;
+    let plain = |i: Option<usize>| i.map(Choice::plain);
     match how.strategy {
         Strategy::RoundRobin => {
             let len = how.schedule.len();
@@ -342,20 +365,20 @@ pub fn pick(
                 }
                 let ramp = view(i).ramp;
                 if ramp >= 1.0 || rng.f64() < ramp {
-                    return Some(i);
+                    return plain(Some(i));
                 }
                 skipped.get_or_insert(i);
             }
             // Every eligible backend is ramping and each was skipped.
-            skipped
+            plain(skipped)
         }
-        Strategy::Random => weighted_random(n, &view, eligible, rng),
+        Strategy::Random => plain(weighted_random(n, &view, eligible, rng)),
         // nginx's least_conn: requests in flight per unit of weight, ties
-        // shared by weight (so idle backends take turns).
+        // taken in turn by weight.
         Strategy::LeastConnections => lowest(
             n,
+            &view,
             eligible,
-            rng,
             |i| {
                 let v = view(i);
                 f64::from(v.in_flight) / v.effective_weight()
@@ -371,16 +394,16 @@ pub fn pick(
             // sequential request while the others stay unmeasured.
             let untried = |i: usize| eligible(i) && view(i).untried;
             if (0..n).any(untried) {
-                return weighted_random(n, &view, untried, rng);
+                return plain(weighted_random(n, &view, untried, rng));
             }
             if rng.f64() < PROBE_FLOOR {
-                return weighted_random(n, &view, eligible, rng);
+                return plain(weighted_random(n, &view, eligible, rng));
             }
             let m = medians(n, &view, &how.params);
             lowest(
                 n,
+                &view,
                 eligible,
-                rng,
                 |i| {
                     let v = view(i);
                     score(&v, m, &how.params) / v.clamped_ramp()
@@ -396,17 +419,23 @@ pub fn pick(
 }
 
 /// The eligible index with the lowest `cost`. Costs within `band` (a
-/// fraction) of the lowest count as ties, broken at random in proportion
-/// to `share` (weighted reservoir sampling), so equal backends share
-/// traffic as their weights or capacities say.
+/// fraction) of the lowest count as equal, and equals take turns in
+/// proportion to `share` by stride scheduling: the one with the lowest
+/// [`View::pass`] goes, and its pass advances by 1 / share. A backend that
+/// was out of the running for a while rejoins at the back of the current
+/// round (its pass is raised to the highest among equals less one turn),
+/// not with a backlog of turns to catch up. Turns, not dice: equal hosts
+/// that are idle get requests spread evenly in time, which random ties do
+/// not (two in a row to one host is common, and on a CPU-quota host the
+/// second waits for the first).
 fn lowest(
     n: usize,
+    view: impl Fn(usize) -> View,
     eligible: impl Fn(usize) -> bool,
-    rng: &mut fastrand::Rng,
     cost: impl Fn(usize) -> f64,
     band: f64,
     share: impl Fn(usize) -> f64,
-) -> Option<usize> {
+) -> Option<Choice> {
     // Costs are computed once; pools beyond 64 backends fall back to
     // computing them twice rather than allocating.
     let mut buf = [f64::INFINITY; 64];
@@ -434,19 +463,26 @@ fn lowest(
     } else {
         f64::INFINITY
     };
-    let mut chosen = None;
-    let mut tied = 0.0;
-    for i in (0..n).filter(|&i| eligible(i)) {
-        let c = if i < buf.len() { buf[i] } else { cost(i) };
-        if c <= limit {
-            let w = share(i).max(1e-9);
-            tied += w;
-            if rng.f64() * tied < w {
-                chosen = Some(i);
-            }
+    let tied = |i: usize| eligible(i) && (if i < buf.len() { buf[i] } else { cost(i) }) <= limit;
+    let step = |i: usize| 1.0 / share(i).max(1e-9);
+    let (mut top, mut widest) = (f64::NEG_INFINITY, 0.0f64);
+    for i in (0..n).filter(|&i| tied(i)) {
+        top = top.max(view(i).pass);
+        widest = widest.max(step(i));
+    }
+    let floor = top - widest;
+    // Exact ties (a fresh pool in a test) go to the first in order.
+    let mut chosen: Option<(usize, f64)> = None;
+    for i in (0..n).filter(|&i| tied(i)) {
+        let pass = view(i).pass.max(floor);
+        if chosen.map_or(true, |(_, p)| pass < p) {
+            chosen = Some((i, pass));
         }
     }
-    chosen
+    chosen.map(|(i, pass)| Choice {
+        index: i,
+        pass: Some(pass + step(i)),
+    })
 }
 
 fn weighted_random(

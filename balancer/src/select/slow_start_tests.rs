@@ -33,7 +33,11 @@ fn shares(strategy: Strategy, views: &[View], n: usize, hold: bool) -> Vec<f64> 
             schedule: &schedule,
         };
         let snapshot = views.clone();
-        let i = pick(&how, views.len(), |i| snapshot[i], |_| true, &mut rng).unwrap();
+        let choice = pick(&how, views.len(), |i| snapshot[i], |_| true, &mut rng).unwrap();
+        let i = choice.index;
+        if let Some(pass) = choice.pass {
+            views[i].pass = pass;
+        }
         counts[i] += 1;
         if hold {
             views[i].in_flight += 1;

@@ -26,6 +26,7 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         slowness: 1.0,
         service: 0.0,
         untried: false,
+        pass: 0.0,
         load: util,
         ramp: 1.0,
     }
@@ -221,7 +222,11 @@ fn distribution(strategy: Strategy, views: &mut [View], n: usize, hold: bool) ->
             schedule: &schedule,
         };
         let snapshot = views.to_vec();
-        let i = pick(&how, views.len(), |i| snapshot[i], |_| true, &mut rng).unwrap();
+        let choice = pick(&how, views.len(), |i| snapshot[i], |_| true, &mut rng).unwrap();
+        let i = choice.index;
+        if let Some(pass) = choice.pass {
+            views[i].pass = pass;
+        }
         counts[i] += 1;
         if hold {
             views[i].in_flight += 1;
@@ -378,8 +383,59 @@ fn down_and_excluded_backends_are_never_picked() {
                 schedule: &schedule,
             };
             let got = pick(&how, 3, |i| views[i], |i| i != 2, &mut rng);
-            assert_eq!(got, Some(1), "{strategy:?}");
+            assert_eq!(got.map(|c| c.index), Some(1), "{strategy:?}");
             assert_eq!(pick(&how, 3, |i| views[i], |i| i == 0, &mut rng), None);
         }
     }
+}
+
+#[test]
+fn equals_take_turns_and_a_returning_backend_has_no_backlog() {
+    // Sequential picks among four equal idle hosts: a strict rotation
+    // (no host twice in a row), for least-connections and least-loaded.
+    for strategy in [Strategy::LeastConnections, Strategy::LeastLoaded] {
+        let mut views = [view(report(0.3, 0), 0); 4];
+        let schedule = wrr_schedule(&[1; 4]);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut last = None;
+        let mut counts = [0; 4];
+        for ticket in 0..400 {
+            let how = Pick {
+                strategy,
+                params: P,
+                ticket,
+                schedule: &schedule,
+            };
+            let snapshot = views;
+            let c = pick(&how, 4, |i| snapshot[i], |_| true, &mut rng).unwrap();
+            if let Some(pass) = c.pass {
+                views[c.index].pass = pass;
+                // Probe-floor picks are random and may repeat; turns never do.
+                assert_ne!(Some(c.index), last, "{strategy:?}");
+                last = Some(c.index);
+            }
+            counts[c.index] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (95..=105).contains(&c)),
+            "{counts:?}"
+        );
+    }
+    // Shares by capacity: a quarter, half and whole CPU take 1 : 2 : 4.
+    let mut views = [
+        cpus(view(report(0.0, 0), 0), 0.25),
+        cpus(view(report(0.0, 0), 0), 0.5),
+        cpus(view(report(0.0, 0), 0), 1.0),
+    ];
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 700, false);
+    for (c, want) in counts.iter().zip([100, 200, 400]) {
+        assert!(c.abs_diff(want) <= 10, "{counts:?}");
+    }
+    // A host kept out for a long time (its pass far behind) rejoins the
+    // rotation at its back: one turn, not a hundred in a row.
+    let mut views = [view(report(0.3, 0), 0); 3];
+    views[0].pass = 1000.0;
+    views[1].pass = 1000.5;
+    let counts = distribution(Strategy::LeastConnections, &mut views, 30, false);
+    assert!(counts.iter().all(|&c| (9..=11).contains(&c)), "{counts:?}");
 }
