@@ -51,8 +51,9 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "bench-results")]
         out: PathBuf,
     },
-    /// Four hosts in CPU cgroups, one of them busy: every strategy's
-    /// latency and per-host share, then the same with no host busy (root).
+    /// Hosts in CPU cgroups: every strategy, open and closed loop, with no
+    /// host busy, mixed work, one host busy, three balancers, and unequal
+    /// hosts; issue 7's goals (root).
     StressedHost(Opts),
     /// Requests/s, latency, CPU per request and peak RSS: our balancer,
     /// nginx, HAProxy, and straight to a backend.
