@@ -145,6 +145,15 @@ const MIN_SPARE: f64 = 0.05;
 /// measured slow gets the full penalty.
 pub const UTIL_TRUST: f64 = 4.0;
 
+/// Utilization differences within this many points of the pool's median
+/// count as none. An agent's figure is a one-second window of a host's
+/// CPU; at ten requests a second a host reads 0.47 ± 0.17 on the same
+/// steady load, and ranking by that noise herds each poll interval's
+/// traffic onto whichever host drew the low number. A host really busier
+/// than its peers (a CPU hog beside it: 1.0 against 0.5) keeps all but
+/// these ten points of its difference.
+pub const UTIL_NOISE: f64 = 0.1;
+
 /// Scores within this fraction of the best count as ties, shared in
 /// proportion to capacity: differences this small are measurement noise
 /// (a utilization a few points apart, a slowness of 1.1), and breaking
@@ -226,7 +235,8 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 ///   whose agent lies.
 /// - **pressure** — the agent's view, `1 / (1 − utilization)` with the
 ///   utilization interpreted by age ([`estimated_util`]; a report is
-///   trusted for 1.5 poll intervals and forgotten after 4), floored spare
+///   trusted for 1.5 poll intervals and forgotten after 4) and differences
+///   from the pool's median within [`UTIL_NOISE`] ignored, floored spare
 ///   5 %: the queueing factor of a host with that share of its capacity
 ///   busy, covering work the balancer cannot see (other balancers, cron
 ///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × slowness ×
@@ -238,11 +248,19 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// capacity; with a host stressed, its utilization and slowness keep it
 /// out until the others are several requests deep.
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
-    let util = estimated_util(v.load.as_ref(), m.util, p);
-    let trusted = UTIL_TRUST * v.slowness.max(1.0) * pressure(m.least_util);
+    let util = denoised(estimated_util(v.load.as_ref(), m.util, p), m.util);
+    let least = denoised(m.least_util, m.util);
+    let trusted = UTIL_TRUST * v.slowness.max(1.0) * pressure(least);
     let pressure = pressure(util).min(trusted);
     let queue = 1.0 + f64::from(v.busy) / capacity(v, m);
     queue * v.slowness * pressure
+}
+
+/// `util` with its difference from the pool's `median` shrunk by
+/// [`UTIL_NOISE`] (to nothing when it is smaller).
+pub fn denoised(util: f64, median: f64) -> f64 {
+    let d = util - median;
+    median + d.signum() * (d.abs() - UTIL_NOISE).max(0.0)
 }
 
 /// The queueing factor of a host with `util` of its capacity busy.

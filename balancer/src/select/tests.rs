@@ -103,33 +103,56 @@ fn cpus(v: View, cpus: f64) -> View {
 }
 
 #[test]
+fn utilization_noise_around_the_median_counts_for_nothing() {
+    // (util, median, denoised)
+    let table = [
+        (0.5, 0.5, 0.5),
+        (0.58, 0.5, 0.5), // within ten points: the median
+        (0.42, 0.5, 0.5),
+        (0.7, 0.5, 0.6), // beyond: all but ten points of the difference
+        (1.0, 0.5, 0.9),
+        (0.0, 0.3, 0.1),
+    ];
+    for (util, median, want) in table {
+        let got = denoised(util, median);
+        assert!((got - want).abs() < 1e-9, "{util} at {median}: {got}");
+    }
+}
+
+#[test]
 fn score_is_queue_times_slowness_times_pressure() {
     let slow = |v: View, s: f64| with(v, |v| v.slowness = s);
+    // Pressures at median utilization 0.5 once denoised (ten points of
+    // every difference from the median are dropped): 0.0 reads 0.1, 0.7
+    // reads 0.6, 0.9 reads 0.8, 1.0 reads 0.9.
+    let p = |u: f64| 1.0 / (1.0 - u);
+    // The agent alone can make a host at most UTIL_TRUST times busier than
+    // the idlest (0.0, read 0.1), times its slowness.
+    let cap = 4.0 * p(0.1);
     // (view, expected score) at median utilization 0.5, least 0, median
     // 1 CPU
     let table = [
-        (view(report(0.0, 0), 0), 1.0),
+        (view(report(0.0, 0), 0), p(0.1)),
         (view(report(0.5, 0), 0), 2.0),
-        (view(report(0.7, 0), 0), 1.0 / 0.3),
-        // The agent alone: 100 % reads at most UTIL_TRUST times busier
-        // than the idlest host...
-        (view(report(0.9, 0), 0), 4.0),
-        (view(report(1.0, 0), 0), 4.0),
-        // ...the full 1 / spare when the host is also measured slow.
-        (slow(view(report(0.9, 0), 0), 4.0), 10.0 * 4.0),
-        (slow(view(report(1.0, 0), 0), 8.0), 20.0 * 8.0), // floored spare
+        (view(report(0.55, 0), 0), 2.0), // noise: as the median
+        (view(report(0.7, 0), 0), p(0.6)),
+        (view(report(0.9, 0), 0), cap), // capped: 5 without the cap
+        (view(report(1.0, 0), 0), cap), // capped: 10 without the cap
+        // ...the full pressure when the host is also measured slow.
+        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 4.0),
+        (slow(view(report(1.0, 0), 0), 8.0), p(0.9) * 8.0),
         // Measured slowness alone, as with an agent claiming idle.
-        (slow(view(report(0.0, 0), 0), 5.0), 5.0),
-        (slow(view(report(0.0, 0), 0), 0.5), 0.5), // faster than its peers
+        (slow(view(report(0.0, 0), 0), 5.0), 5.0 * p(0.1)),
+        (slow(view(report(0.0, 0), 0), 0.5), 0.5 * p(0.1)), // faster
         // Each request waiting on the backend counts, per unit of capacity.
-        (view(report(0.0, 0), 3), 4.0),
-        (cpus(view(report(0.0, 0), 1), 0.25), 5.0),
+        (view(report(0.0, 0), 3), 4.0 * p(0.1)),
+        (cpus(view(report(0.0, 0), 1), 0.25), 5.0 * p(0.1)),
         (
             with(cpus(view(report(0.0, 0), 2), 4.0), |v| v.weight = 2),
-            1.25,
+            1.25 * p(0.1),
         ),
         // Requests held open by slow readers (not busy) do not count.
-        (with(view(report(0.0, 0), 0), |v| v.in_flight = 9), 1.0),
+        (with(view(report(0.0, 0), 0), |v| v.in_flight = 9), p(0.1)),
         // Unknown load ranks with the median utilization and CPUs.
         (view(None, 0), 2.0),
         (view(None, 1), 4.0),
@@ -138,12 +161,14 @@ fn score_is_queue_times_slowness_times_pressure() {
         let got = score(&v, M, &P);
         assert!((got - want).abs() < 1e-9, "{v:?}: {got} != {want}");
     }
-    // When every host is busy, the agents' differences count in full.
+    // When every host is busy, the agents' differences count beyond the
+    // noise.
     let busy = Medians {
-        least_util: 0.8,
+        util: 0.6,
+        least_util: 0.6,
         ..M
     };
-    for (util, want) in [(0.8, 5.0), (0.9, 10.0), (1.0, 20.0)] {
+    for (util, want) in [(0.6, 2.5), (0.8, p(0.7)), (1.0, 10.0)] {
         let got = score(&view(report(util, 0), 0), busy, &P);
         assert!((got - want).abs() < 1e-9, "{util}: {got} != {want}");
     }
@@ -271,13 +296,14 @@ fn unknown_load_ranks_with_the_median() {
     // Median 0.5: the unknown host is second, neither first nor excluded.
     let counts = distribution(Strategy::LeastLoaded, &mut views, 1000, false);
     assert!(counts[0] > 900, "{counts:?}");
+    // ...and ahead of a busy one (the third, down, only sets the median).
     let mut views = [
-        view(report(0.9, 0), 0),
-        view(None, 0),
         view(report(0.95, 0), 0),
+        view(None, 0),
+        with(view(report(0.1, 0), 0), |v| v.up = false),
     ];
     let counts = distribution(Strategy::LeastLoaded, &mut views, 1000, false);
-    assert!(counts[0] > 900, "{counts:?}"); // median 0.925 > 0.9
+    assert!(counts[1] > 900, "{counts:?}"); // median 0.525 < 0.95
 }
 
 #[test]
