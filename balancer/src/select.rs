@@ -138,7 +138,8 @@ const MIN_SPARE: f64 = 0.05;
 
 /// How far the agent alone can push a host down the ranking: its
 /// utilization penalty is at most this many times the least utilized
-/// host's, times the host's measured slowness (at least 1). A report of
+/// host's, times the host's measured slowness (its square root, at least
+/// 1, as in [`score`]). A report of
 /// 100 % from a host that serves as fast as its peers (a lying or broken
 /// agent, or a busy host whose other work is niced) makes it four times
 /// less attractive than the idlest host, not twenty; a host that is also
@@ -217,7 +218,7 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// there, in units of "an idle host in line with its peers"; lower is
 /// better.
 ///
-/// `score = (1 + busy / capacity) × slowness × pressure`
+/// `score = (1 + busy / capacity) × √slowness × pressure`
 ///
 /// - **busy / capacity** — local and instant: requests this balancer has
 ///   waiting on the backend, per unit of capacity (weight × the CPUs the
@@ -232,15 +233,19 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 ///   classes of request ([`crate::latency`], half-life 2 s, fading back
 ///   to 1 without samples). It tells apart what utilization cannot: two
 ///   hosts at 100 %, one of them four times slower per request; a host
-///   whose agent lies.
+///   whose agent lies. It enters as its square root: an estimate from a
+///   few dozen samples of a noisy quantity is shrunk towards 1, so that
+///   ±40 % of noise (CPU-quota throttling, a busy balancer host) moves a
+///   score by less than the tie band, while a host four times slower still
+///   ranks twice as costly before its queue and its agent add theirs.
 /// - **pressure** — the agent's view, `1 / (1 − utilization)` with the
 ///   utilization interpreted by age ([`estimated_util`]; a report is
 ///   trusted for 1.5 poll intervals and forgotten after 4) and differences
 ///   from the pool's median within [`UTIL_NOISE`] ignored, floored spare
 ///   5 %: the queueing factor of a host with that share of its capacity
 ///   busy, covering work the balancer cannot see (other balancers, cron
-///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × slowness ×
-///   the least utilized host's pressure, so no agent alone can starve a
+///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × √slowness
+///   × the least utilized host's pressure, so no agent alone can starve a
 ///   host that serves well. Half-life: none; a report is replaced whole.
 ///
 /// Scores within [`TIE_BAND`] of the best are shared in proportion to
@@ -250,10 +255,11 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
     let util = denoised(estimated_util(v.load.as_ref(), m.util, p), m.util);
     let least = denoised(m.least_util, m.util);
-    let trusted = UTIL_TRUST * v.slowness.max(1.0) * pressure(least);
+    let slowness = v.slowness.max(0.0).sqrt();
+    let trusted = UTIL_TRUST * slowness.max(1.0) * pressure(least);
     let pressure = pressure(util).min(trusted);
     let queue = 1.0 + f64::from(v.busy) / capacity(v, m);
-    queue * v.slowness * pressure
+    queue * slowness * pressure
 }
 
 /// `util` with its difference from the pool's `median` shrunk by

@@ -138,12 +138,13 @@ fn score_is_queue_times_slowness_times_pressure() {
         (view(report(0.7, 0), 0), p(0.6)),
         (view(report(0.9, 0), 0), cap), // capped: 5 without the cap
         (view(report(1.0, 0), 0), cap), // capped: 10 without the cap
-        // ...the full pressure when the host is also measured slow.
-        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 4.0),
-        (slow(view(report(1.0, 0), 0), 8.0), p(0.9) * 8.0),
+        // ...the full pressure when the host is also measured slow (the
+        // slowness counts as its square root).
+        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 2.0),
+        (slow(view(report(1.0, 0), 0), 9.0), p(0.9) * 3.0),
         // Measured slowness alone, as with an agent claiming idle.
-        (slow(view(report(0.0, 0), 0), 5.0), 5.0 * p(0.1)),
-        (slow(view(report(0.0, 0), 0), 0.5), 0.5 * p(0.1)), // faster
+        (slow(view(report(0.0, 0), 0), 4.0), 2.0 * p(0.1)),
+        (slow(view(report(0.0, 0), 0), 0.25), 0.5 * p(0.1)), // faster
         // Each request waiting on the backend counts, per unit of capacity.
         (view(report(0.0, 0), 3), 4.0 * p(0.1)),
         (cpus(view(report(0.0, 0), 1), 0.25), 5.0 * p(0.1)),
@@ -181,9 +182,10 @@ fn between_saturated_hosts_the_slower_one_is_avoided() {
     let mut views = [view(report(1.0, 0), 0), view(report(1.0, 0), 0)];
     views[0].slowness = 4.0;
     let counts = distribution(Strategy::LeastLoaded, &mut views, 12, true);
-    // 80 × (1 + k) against 20 × (1 + k'): four times slower, it gets a
-    // request once the fast one is four deep: about a fifth.
-    assert!(counts[1] >= 9, "{counts:?}");
+    // 40 × (1 + k) against 20 × (1 + k'): four times slower (twice the
+    // cost), it gets a request once the fast one is a request deep, and a
+    // third of them after that.
+    assert!(counts[1] >= 7, "{counts:?}");
 }
 
 #[test]
@@ -191,8 +193,9 @@ fn an_agent_alone_cannot_starve_or_flood_a_host() {
     // Claims 100 % while serving as fast as its peers: sequential traffic
     // avoids it (but for the probe floor), and under concurrency it takes
     // its part once the others are three requests deep (8 = 4 × 2 against
-    // 2 × (1 + 3)) and a request per four of theirs after that, where an
-    // unbounded penalty (20) would wait until they were nine deep.
+    // 2 × (1 + 3)) and a request per four of theirs after that, where its
+    // uncapped pressure (10: 1.0 reads 0.9 once denoised) would wait until
+    // they were four deep.
     let mut views = [
         view(report(1.0, 0), 0),
         view(report(0.5, 0), 0),
@@ -201,14 +204,19 @@ fn an_agent_alone_cannot_starve_or_flood_a_host() {
     let counts = distribution(Strategy::LeastLoaded, &mut views, 24, true);
     assert!(counts[0] >= 2, "{counts:?}");
     // Claims 0 % while four times slower: it does not take the lion's
-    // share of sequential traffic.
-    let mut views = [
-        with(view(report(0.0, 0), 0), |v| v.slowness = 4.0),
-        view(report(0.5, 0), 0),
-        view(report(0.5, 0), 0),
-    ];
-    let counts = distribution(Strategy::LeastLoaded, &mut views, 1000, false);
-    assert!(counts[0] < 50, "{counts:?}");
+    // share of sequential traffic (no more than its fair share)...
+    let slow = |s: f64| {
+        [
+            with(view(report(0.0, 0), 0), |v| v.slowness = s),
+            view(report(0.5, 0), 0),
+            view(report(0.5, 0), 0),
+        ]
+    };
+    let counts = distribution(Strategy::LeastLoaded, &mut slow(4.0), 900, false);
+    assert!(counts[0] <= 310, "{counts:?}");
+    // ...and ten times slower, it gets none but the probe floor's.
+    let counts = distribution(Strategy::LeastLoaded, &mut slow(10.0), 900, false);
+    assert!(counts[0] < 20, "{counts:?}");
 }
 
 #[test]
