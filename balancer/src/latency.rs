@@ -255,8 +255,15 @@ impl Signal {
     }
 
     /// Records one request that took the backend `secs` of its own time.
+    ///
+    /// A backend's very first answer is a warm-up (a cold connection, cold
+    /// caches): it feeds the baseline and the service time and ends the
+    /// backend's untried state, but is not taken as a measure of its
+    /// slowness, which at start would otherwise be set by whichever host
+    /// happened to pay for the slowest handshake.
     pub fn record(&self, baselines: &Baselines, class: u8, secs: f64, now: Instant) {
         let r = baselines.compare(class, secs, now);
+        let r = if self.untried() { 1.0 } else { r };
         let t = nanos_since(self.epoch, now);
         let max = MAX_SAMPLE_WEIGHT;
         self.log_slowness
@@ -402,23 +409,27 @@ mod tests {
         // host, is not slow.
         let heavy_only = Signal::new();
         tokio::time::advance(SLOWNESS_HALF_LIFE).await;
+        heavy_only.record(&base, heavy, 0.050, Instant::now()); // warm-up
+        tokio::time::advance(SLOWNESS_HALF_LIFE).await;
         heavy_only.record(&base, heavy, 0.050, Instant::now());
         assert!(heavy_only.slowness(Instant::now()) < 1.0);
 
-        // A new backend is untried, and its first sample, on a cold
-        // connection, does not decide alone.
+        // A new backend is untried; its first answer, on a cold connection,
+        // is a warm-up; the next ones count, each for at most
+        // MAX_SAMPLE_WEIGHT of the verdict.
         let new = Signal::new();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(new.untried());
         assert_eq!(new.slowness(Instant::now()), 1.0);
+        new.record(&base, quick, 0.500, Instant::now());
+        assert!(!new.untried());
+        assert_eq!(new.slowness(Instant::now()), 1.0);
+        tokio::time::advance(Duration::from_secs(60)).await;
         let r = ratio(0.030, base_of(&base, quick));
         new.record(&base, quick, 0.030, Instant::now());
-        assert!(!new.untried());
         let s = new.slowness(Instant::now());
-        assert!(
-            (s - r.powf(MAX_SAMPLE_WEIGHT)).abs() < 1e-9,
-            "{s} against {r}"
-        );
+        let want = r.powf(MAX_SAMPLE_WEIGHT);
+        assert!((s - want).abs() < 1e-9, "{s} against {r}");
         // Ten half-lives later without samples the slow host is forgiven.
         tokio::time::advance(SLOWNESS_HALF_LIFE * 10).await;
         assert!((slow.slowness(Instant::now()) - 1.0).abs() < 0.01);

@@ -105,15 +105,19 @@ async fn a_host_whose_agent_is_unreachable_stays_in_rotation_at_the_median() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The dark host ranks at the median of the known loads (0.5), never as
-    // idle: the host reporting 0.2 wins.
+    // idle: the host reporting 0.2 wins. (Not every request: what is sent
+    // to it between two polls raises its estimate, by up to 0.25 at this
+    // rate, until it ties with the median and the two take turns.)
     let counts = tally(&lb.url("/"), 60).await;
-    assert!(counts.get("low").copied().unwrap_or(0) >= 45, "{counts:?}");
+    let n = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert!(n("low") >= 36 && n("low") > 2 * n("dark"), "{counts:?}");
     // Reports swap: still a known host wins, whichever it is.
     low.set_cpu(0.9);
     high.set_cpu(0.3);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let counts = tally(&lb.url("/"), 60).await;
-    assert!(counts.get("high").copied().unwrap_or(0) >= 45, "{counts:?}");
+    let n = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert!(n("high") >= 36 && n("high") > 2 * n("dark"), "{counts:?}");
     // A malformed report makes the load unknown too, without a crash.
     high.set_body("{\"cpu\": 7}");
     low.set_body("not json");
