@@ -7,6 +7,11 @@
 //! its own PID into `cgroup.procs` and then `exec`s the real program (no
 //! `unsafe` `pre_exec` needed). Dropping a [`HostCgroup`] kills whatever is
 //! still inside and removes the directories.
+//!
+//! A group's directory is `<name>.<bench PID>`, so two `bench` runs at once
+//! never share (or kill) each other's hosts. Groups left by a `bench` that
+//! no longer runs are removed when empty; one still holding processes is
+//! named in a warning and left alone: those processes are not ours to stop.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,15 +39,16 @@ pub struct HostCgroup {
 }
 
 impl HostCgroup {
-    /// Creates (or reuses, after an interrupted run) the group `name` with a
-    /// quota of `quota_us` per `period_us`. Fails with the reason when the
+    /// Creates this process's group `name` (or reuses it, if it was not
+    /// removed) with a quota of `quota_us` per `period_us`. Fails with the reason when the
     /// machine has no usable CPU controller or we may not write to it.
     pub fn create(name: &str, quota_us: u64, period_us: u64) -> Result<HostCgroup> {
         let layout = detect()?;
-        let (dirs, version) = match &layout {
-            Layout::V2 { parent } => (vec![parent.join(name)], "v2"),
-            Layout::V1 { cpu, cpuacct } if cpu == cpuacct => (vec![cpu.join(name)], "v1"),
-            Layout::V1 { cpu, cpuacct } => (vec![cpu.join(name), cpuacct.join(name)], "v1"),
+        let name = format!("{name}.{}", std::process::id());
+        let dirs: Vec<PathBuf> = parents(&layout).iter().map(|p| p.join(&name)).collect();
+        let version = match layout {
+            Layout::V2 { .. } => "v2",
+            Layout::V1 { .. } => "v1",
         };
         for d in &dirs {
             if !d.is_dir() {
@@ -173,6 +179,62 @@ fn detect() -> Result<Layout> {
             "no cgroup CPU controller is mounted (neither v2 with `cpu` nor v1 `cpu` + `cpuacct`)"
         ),
     }
+}
+
+/// The directories a group is made in: one for v2, one or two for v1.
+fn parents(layout: &Layout) -> Vec<PathBuf> {
+    match layout {
+        Layout::V2 { parent } => vec![parent.clone()],
+        Layout::V1 { cpu, cpuacct } if cpu == cpuacct => vec![cpu.clone()],
+        Layout::V1 { cpu, cpuacct } => vec![cpu.clone(), cpuacct.clone()],
+    }
+}
+
+/// Other `bench` processes that hold host groups right now (their runs
+/// compete with ours for the CPU), after removing the empty groups of
+/// runs that ended without cleaning up. Warns about non-empty leftovers.
+pub fn others() -> Vec<u32> {
+    let Ok(layout) = detect() else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut live = Vec::new();
+    for parent in parents(&layout) {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("bench-")
+                .and_then(|n| n.rsplit_once('.'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                if !live.contains(&pid) {
+                    live.push(pid);
+                }
+            } else if std::fs::remove_dir(e.path()).is_err() {
+                let procs = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                eprintln!(
+                    "  warning: {} was left by a bench run that has ended and still holds \
+                     processes {procs}; they compete for the CPU: stop them (kill {procs}) and \
+                     remove the directory",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    live
 }
 
 /// Why cgroups cannot be used here, or `None` when they can: creates and

@@ -109,6 +109,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
         rep.goals(summary::goals(&[]));
         return rep.finish();
     }
+    let others = cgroup::others();
+    if !others.is_empty() {
+        let msg = format!(
+            "Another bench run (PID {}) has simulated hosts on this machine right now: both compete \
+             for the same two cores, so these figures are disturbed.",
+            others.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        );
+        eprintln!("  warning: {msg}");
+        rep.para(&format!("**Warning.** {msg}"));
+    }
     let began = Instant::now();
     let timing = Timing {
         rounds: ctx.pick(3, 1),
@@ -216,7 +226,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     rep.finish()
 }
 
-/// One cgroup per quota (`bench-host1`, …) and a host in each.
+/// One cgroup per quota (`bench-host1.<PID>`, …) and a host in each.
 async fn start_hosts(quotas: &[f64], work: &Path) -> Result<(Vec<HostCgroup>, Hosts)> {
     let mut groups = Vec::new();
     let mut hosts = Vec::new();
