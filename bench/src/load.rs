@@ -9,7 +9,7 @@
 //!   have suffered it instead of timing them).
 //! - **Open loop** (`Mode::Open`): Poisson arrivals at `rate` per second.
 //!   The gaps between arrivals are exponential with mean `1/rate`, drawn
-//!   before the run from an RNG seeded with [`Load::seed`] ([`arrivals`]):
+//!   before the run from an RNG seeded with [`Load::seed`] (`pace::arrivals`):
 //!   the same seed gives the same schedule, and no arrival waits for an
 //!   earlier answer. At each due time a dispatcher starts the request on an
 //!   idle keep-alive connection, or opens a new one; at most `conns`
@@ -33,24 +33,32 @@
 //! second goes to stderr while a run lasts. [`run_merged`] runs several
 //! loads at once (one driver per balancer) and also merges their
 //! histograms, so percentiles over all of them are exact.
+//!
+//! Here: the types, the drivers' shared state, running and merging, one
+//! request on the wire. `pace`: the open loop's schedule and dispatcher and
+//! the closed loop's workers. `tally`: outcomes into counts, histograms and
+//! timelines, and the summary.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+mod pace;
+mod tally;
+
+use pace::{open_loop, path_index, worker};
+use tally::{summarize, Answer, Tally};
 
 /// The longest a request may take before it counts as an error: bounds a
 /// run's tail whatever the server does.
@@ -173,132 +181,6 @@ impl LoadResult {
     pub fn share(&self, backend: &str) -> f64 {
         let n = self.by_backend.get(backend).copied().unwrap_or(0);
         n as f64 / self.ok.max(1) as f64
-    }
-}
-
-/// One answered (or failed) request, as a worker or a dispatched task saw it.
-struct Outcome {
-    /// Its timeline bucket (from its due time).
-    idx: usize,
-    /// From its due time to the end of its body.
-    latency: Duration,
-    throttled: bool,
-    answer: Result<Answer, String>,
-}
-
-/// What came back: status, `X-Backend`, body bytes, gzipped.
-struct Answer {
-    status: u16,
-    backend: Option<http::HeaderValue>,
-    bytes: u64,
-    gzipped: bool,
-}
-
-/// The tallies of one driver (or several, merged).
-#[derive(Clone)]
-struct Tally {
-    /// Width of a timeline bucket.
-    width: Duration,
-    hist: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-    by_backend: BTreeMap<String, u64>,
-    statuses: BTreeMap<u16, u64>,
-    body_bytes: u64,
-    gzipped: u64,
-    throttled: u64,
-    timeline: Vec<Bucket>,
-    error_samples: Vec<String>,
-}
-
-impl Tally {
-    fn new(width: Duration) -> Tally {
-        Tally {
-            width,
-            hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
-            ok: 0,
-            errors: 0,
-            by_backend: BTreeMap::new(),
-            statuses: BTreeMap::new(),
-            body_bytes: 0,
-            gzipped: 0,
-            throttled: 0,
-            timeline: Vec::new(),
-            error_samples: Vec::new(),
-        }
-    }
-
-    fn bucket(&mut self, idx: usize) -> &mut Bucket {
-        while self.timeline.len() <= idx {
-            let t_ms = (self.timeline.len() as u128 * self.width.as_millis()) as u64;
-            self.timeline.push(Bucket {
-                t_ms,
-                ..Bucket::default()
-            });
-        }
-        &mut self.timeline[idx]
-    }
-
-    fn record(&mut self, o: Outcome) {
-        self.throttled += u64::from(o.throttled);
-        let a = match o.answer {
-            Ok(a) => a,
-            Err(msg) => return self.error(o.idx, msg),
-        };
-        *self.statuses.entry(a.status).or_default() += 1;
-        if !(200..300).contains(&a.status) {
-            return self.error(o.idx, format!("HTTP {}", a.status));
-        }
-        let us = o.latency.as_micros() as u64;
-        self.hist.saturating_record(us.max(1));
-        self.ok += 1;
-        self.body_bytes += a.bytes;
-        self.gzipped += u64::from(a.gzipped);
-        let name = a
-            .backend
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let b = self.bucket(o.idx);
-        b.ok += 1;
-        count(&mut b.by_backend, name);
-        count(&mut self.by_backend, name);
-    }
-
-    fn error(&mut self, idx: usize, msg: String) {
-        self.errors += 1;
-        self.bucket(idx).errors += 1;
-        if self.error_samples.len() < 5 {
-            self.error_samples.push(msg);
-        }
-    }
-
-    fn merge(&mut self, o: Tally) {
-        let _ = self.hist.add(&o.hist);
-        self.ok += o.ok;
-        self.errors += o.errors;
-        self.throttled += o.throttled;
-        for (k, v) in o.by_backend {
-            *self.by_backend.entry(k).or_default() += v;
-        }
-        for (k, v) in o.statuses {
-            *self.statuses.entry(k).or_default() += v;
-        }
-        self.body_bytes += o.body_bytes;
-        self.gzipped += o.gzipped;
-        for (i, b) in o.timeline.into_iter().enumerate() {
-            let mine = self.bucket(i);
-            mine.ok += b.ok;
-            mine.errors += b.errors;
-            for (k, v) in b.by_backend {
-                *mine.by_backend.entry(k).or_default() += v;
-            }
-        }
-        for e in o.error_samples {
-            if self.error_samples.len() < 5 && !self.error_samples.contains(&e) {
-                self.error_samples.push(e);
-            }
-        }
     }
 }
 
@@ -450,135 +332,6 @@ async fn drive(load: Load) -> Result<(Tally, Arc<Shared>, f64)> {
     Ok((tally, shared, elapsed))
 }
 
-fn summarize(
-    label: String,
-    mode: String,
-    total: Tally,
-    elapsed: f64,
-    shared: &[&Shared],
-) -> LoadResult {
-    let h = &total.hist;
-    let ms = |us: u64| us as f64 / 1000.0;
-    let latency_ms = if h.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            mean: h.mean() / 1000.0,
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p99: ms(h.value_at_quantile(0.99)),
-            p999: ms(h.value_at_quantile(0.999)),
-            max: ms(h.max()),
-        }
-    };
-    let sum = |f: fn(&Shared) -> &AtomicU64| {
-        shared
-            .iter()
-            .map(|s| f(s).load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    LoadResult {
-        label,
-        mode,
-        ok: total.ok,
-        errors: total.errors,
-        elapsed_s: elapsed,
-        rps: total.ok as f64 / elapsed.max(1e-9),
-        latency_ms,
-        by_backend: total.by_backend,
-        statuses: total.statuses,
-        body_bytes: total.body_bytes,
-        gzipped: total.gzipped,
-        throttled: total.throttled,
-        max_in_flight: sum(|s| &s.max_in_flight),
-        connections: sum(|s| &s.connections),
-        timeline: total.timeline,
-        error_samples: total.error_samples,
-    }
-}
-
-/// The due times of an open-loop run, counted from its start: Poisson
-/// arrivals at `rate` per second (independent exponential gaps of mean
-/// `1/rate`) from an RNG seeded with `seed`, until `duration` or `max`
-/// arrivals.
-pub fn arrivals(rate: f64, duration: Duration, max: u64, seed: u64) -> Vec<Duration> {
-    let mut out = Vec::new();
-    if !(rate.is_finite() && rate > 0.0) {
-        return out;
-    }
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let end = duration.as_secs_f64();
-    let mut t = 0.0;
-    while (out.len() as u64) < max {
-        // 1 - U lies in (0, 1]: the logarithm never sees 0.
-        t += -(1.0 - rng.f64()).ln() / rate;
-        if t >= end {
-            break;
-        }
-        out.push(Duration::from_secs_f64(t));
-    }
-    out
-}
-
-/// Which of `n` paths request number `i` uses: in turn, or (with
-/// `shuffle`) uniformly at random, from `seed` and `i` alone.
-pub fn path_index(seed: u64, i: u64, n: usize, shuffle: bool) -> usize {
-    let n = n.max(1);
-    if !shuffle {
-        return (i % n as u64) as usize;
-    }
-    // A stream of its own (not the arrivals'), one draw per request number.
-    let key = seed.rotate_left(29) ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    fastrand::Rng::with_seed(key).usize(..n)
-}
-
-/// The open loop: starts each request at its due time, whatever is still
-/// in flight; idle connections are reused, new ones opened on demand.
-async fn open_loop(s: Arc<Shared>, rate: f64, cap: usize) -> Tally {
-    let l = &s.load;
-    let schedule = arrivals(rate, l.duration, l.max_requests.unwrap_or(u64::MAX), l.seed);
-    let idle: Arc<Mutex<Vec<SendRequest<Empty<Bytes>>>>> = Arc::default();
-    let slots = Arc::new(Semaphore::new(cap));
-    let mut tasks = JoinSet::new();
-    let mut t = Tally::new(l.bucket);
-    for (i, at) in schedule.into_iter().enumerate() {
-        let due = s.start + at;
-        tokio::time::sleep_until(due).await;
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok(o) = done {
-                t.record(o);
-            }
-        }
-        let (s, idle, slots) = (s.clone(), idle.clone(), slots.clone());
-        tasks.spawn(async move {
-            let (_slot, throttled) = match slots.clone().try_acquire_owned() {
-                Ok(p) => (Some(p), false),
-                Err(_) => (slots.acquire_owned().await.ok(), true),
-            };
-            let mut sender = idle.lock().ok().and_then(|mut v| v.pop());
-            let answer = s.send(&mut sender, s.path(i as u64)).await;
-            let latency = due.elapsed();
-            if let Some(tx) = sender.filter(|tx| !tx.is_closed()) {
-                if let Ok(mut v) = idle.lock() {
-                    v.push(tx);
-                }
-            }
-            Outcome {
-                idx: s.bucket_of(due),
-                latency,
-                throttled,
-                answer,
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(o) = done {
-            t.record(o);
-        }
-    }
-    t
-}
-
 /// Prints a line per second until aborted.
 async fn progress(s: Arc<Shared>) {
     let mut tick =
@@ -609,34 +362,6 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
         let _ = conn.await;
     });
     Ok(sender)
-}
-
-/// One closed-loop connection: take the next request number, send it, read
-/// the whole answer, tally it, until the deadline or the request budget.
-async fn worker(s: Arc<Shared>) -> Tally {
-    let mut t = Tally::new(s.load.bucket);
-    let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
-    let max = s.load.max_requests.unwrap_or(u64::MAX);
-    loop {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        let due = Instant::now();
-        if i >= max || due >= s.deadline {
-            break;
-        }
-        let answer = s.send(&mut sender, s.path(i)).await;
-        let failed = answer.is_err();
-        t.record(Outcome {
-            idx: s.bucket_of(due),
-            latency: due.elapsed(),
-            throttled: false,
-            answer,
-        });
-        if failed {
-            // Do not spin on a refused connection.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    t
 }
 
 /// Sends one request (connecting first when needed) and reads the whole
@@ -678,16 +403,6 @@ async fn request(
         bytes,
         gzipped,
     })
-}
-
-/// Adds one to `name`'s count, allocating its key only the first time.
-fn count(map: &mut BTreeMap<String, u64>, name: &str) {
-    match map.get_mut(name) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(name.to_string(), 1);
-        }
-    }
 }
 
 /// One `GET path` on a new connection: (status, body). For admin polls.

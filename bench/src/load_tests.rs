@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{arrivals, path_index, run, run_merged, Load, Mode};
+use super::pace::{arrivals, path_index};
+use super::{run, run_merged, Load, Mode};
 
 #[test]
 fn arrivals_are_reproducible_from_the_seed() {
