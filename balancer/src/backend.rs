@@ -193,13 +193,14 @@ impl Backend {
     /// backend's own time.
     pub fn start_request(self: &Arc<Self>, class: u8) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        self.busy.fetch_add(1, Relaxed);
+        let sharing = self.busy.fetch_add(1, Relaxed).saturating_add(1);
         self.dispatched.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
         let now = Instant::now();
         InFlight {
             backend: Arc::clone(self),
             class,
+            sharing,
             start: now,
             waiting_since: Some(now),
             backend_time: Duration::ZERO,
@@ -258,6 +259,7 @@ impl Backend {
             in_flight: self.in_flight.load(Relaxed),
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),
+            measured: self.signal.measured(now),
             service,
             untried: self.signal.untried() && self.in_flight.load(Relaxed) == 0,
             pass: f64::from_bits(self.pass.load(Relaxed)),
@@ -443,6 +445,9 @@ pub struct InFlight {
     backend: Arc<Backend>,
     /// The request's class, for the latency baseline.
     class: u8,
+    /// Requests waiting on the backend when this one was sent, itself
+    /// included: how many shared the host's CPUs with it.
+    sharing: u32,
     /// When the request was sent.
     start: Instant,
     /// When the current wait on the backend began; `None` while the
@@ -509,7 +514,18 @@ impl Drop for InFlight {
         // Failures, abandoned and upgraded requests are no measure of the
         // host's speed: failures are outlier detection's business.
         if self.complete {
-            let secs = self.backend_time.as_secs_f64();
+            // The host's speed, not its queue: a request that shared the
+            // CPUs with others took longer for that alone, and the queue is
+            // already in the score (`busy`). Divided by how many shared
+            // each CPU, so a host is compared with its peers as if each
+            // request had had a CPU to itself.
+            let cpus = b
+                .load
+                .load()
+                .as_deref()
+                .map_or(1.0, |s| s.report.capacity());
+            let shared = (f64::from(self.sharing) / cpus.max(1.0)).max(1.0);
+            let secs = self.backend_time.as_secs_f64() / shared;
             b.signal.record(&b.baselines, self.class, secs, self.last);
         }
     }

@@ -27,6 +27,9 @@ pub struct View {
     /// How much slower than its peers it serves the same kind of request
     /// (1: in line), faded towards 1 by age ([`crate::latency`]).
     pub slowness: f64,
+    /// Its slowness as last measured, not faded: what backs (or not) its
+    /// agent's word while it is avoided ([`UTIL_TRUST`]).
+    pub measured: f64,
     /// Its mean service time in seconds (0: none measured yet).
     pub service: f64,
     /// Its turn counter among equals (stride scheduling's pass): ties go
@@ -53,6 +56,7 @@ impl View {
         in_flight: 0,
         busy: 0,
         slowness: 1.0,
+        measured: 1.0,
         service: 0.0,
         untried: false,
         pass: 0.0,
@@ -138,8 +142,9 @@ const MIN_SPARE: f64 = 0.05;
 
 /// How far the agent alone can push a host down the ranking: its
 /// utilization penalty is at most this many times the least utilized
-/// host's, times the host's measured slowness (its square root, at least
-/// 1, as in [`score`]). A report of
+/// host's, times the host's slowness as last measured (at least 1, beyond
+/// noise, not faded: a host avoided for being slow stays backed by that
+/// measure until a new one says otherwise). A report of
 /// 100 % from a host that serves as fast as its peers (a lying or broken
 /// agent, or a busy host whose other work is niced) makes it four times
 /// less attractive than the idlest host, not twenty; a host that is also
@@ -218,12 +223,12 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// there, in units of "an idle host in line with its peers"; lower is
 /// better.
 ///
-/// `score = (1 + busy / capacity) × √slowness × pressure`
+/// `score = (1 + busy / concurrency) × slowness × pressure`
 ///
-/// - **busy / capacity** — local and instant: requests this balancer has
-///   waiting on the backend, per unit of capacity (weight × the CPUs the
-///   agent reports, so a one-core host absorbs four times what a
-///   quarter-core host does). It rises with every request sent and falls
+/// - **busy / concurrency** — local and instant: requests this balancer
+///   has waiting on the backend, per request the host can run at once
+///   ([`queue`]: weight × the CPUs the agent reports, at least 1 each). It
+///   rises with every request sent and falls
 ///   as soon as the backend has answered, so between two polls traffic
 ///   cannot pile onto the host that looked idle, and a slow-reading client
 ///   holding a response open does not count against the host. Half-life:
@@ -233,34 +238,55 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 ///   classes of request ([`crate::latency`], half-life 2 s, fading back
 ///   to 1 without samples). It tells apart what utilization cannot: two
 ///   hosts at 100 %, one of them four times slower per request; a host
-///   whose agent lies. It enters as its square root: an estimate from a
-///   few dozen samples of a noisy quantity is shrunk towards 1, so that
-///   ±40 % of noise (CPU-quota throttling, a busy balancer host) moves a
-///   score by less than the tie band, while a host four times slower still
-///   ranks twice as costly before its queue and its agent add theirs.
+///   whose agent lies. Samples are taken per request the host ran at
+///   once (a request that shared a CPU with two others is counted at a
+///   third of its time), so that slowness is the host's speed and the
+///   queue stays the queue term's business. Differences within
+///   [`SLOWNESS_NOISE`] of 1 count for nothing ([`beyond_noise`]).
 /// - **pressure** — the agent's view, `1 / (1 − utilization)` with the
 ///   utilization interpreted by age ([`estimated_util`]; a report is
 ///   trusted for 1.5 poll intervals and forgotten after 4) and differences
 ///   from the pool's median within [`UTIL_NOISE`] ignored, floored spare
 ///   5 %: the queueing factor of a host with that share of its capacity
 ///   busy, covering work the balancer cannot see (other balancers, cron
-///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × √slowness
-///   × the least utilized host's pressure, so no agent alone can starve a
+///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × the
+///   host's last measured slowness × the least utilized host's pressure, so no agent alone can starve a
 ///   host that serves well. Half-life: none; a report is replaced whole.
 ///
 /// Scores within [`TIE_BAND`] of the best are shared in proportion to
 /// capacity. With nothing in flight and equal loads, traffic spreads by
-/// capacity; with a host stressed, its utilization and slowness keep it
-/// out until the others are several requests deep.
+/// capacity (weight × CPUs); with a host stressed, its utilization and
+/// slowness keep it out until the others are several requests deep.
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
     let util = denoised(estimated_util(v.load.as_ref(), m.util, p), m.util);
     let least = denoised(m.least_util, m.util);
-    let slowness = v.slowness.max(0.0).sqrt();
-    let trusted = UTIL_TRUST * slowness.max(1.0) * pressure(least);
+    let trusted = UTIL_TRUST * beyond_noise(v.measured).max(1.0) * pressure(least);
     let pressure = pressure(util).min(trusted);
-    let queue = 1.0 + f64::from(v.busy) / capacity(v, m);
-    queue * slowness * pressure
+    queue(v, m) * beyond_noise(v.slowness) * pressure
 }
+
+/// `1 + busy / concurrency`: how many requests a new one shares the host
+/// with, per request it can run at once (weight × its CPUs, at least one
+/// per unit of weight: a host with a fraction of a CPU still runs one
+/// request at a time, at its quota's pace, which its slowness and its
+/// utilization tell).
+pub fn queue(v: &View, m: Medians) -> f64 {
+    let cpus = v.load.map_or(m.cpus, |l| l.cpus).max(1.0);
+    1.0 + f64::from(v.busy) / (f64::from(v.weight.max(1)) * cpus)
+}
+
+/// A slowness with the noise band taken out: within [`SLOWNESS_NOISE`] of
+/// 1 (either way) it counts as 1, beyond it only by its excess (4 reads
+/// 3.2). Two hosts serving alike read a few tens of percent apart on a
+/// busy machine or a CPU quota's throttling; ranking by that would herd.
+pub fn beyond_noise(slowness: f64) -> f64 {
+    let l = slowness.max(RATIO_FLOOR).ln();
+    (l.signum() * (l.abs() - SLOWNESS_NOISE.ln()).max(0.0)).exp()
+}
+
+/// See [`beyond_noise`].
+pub const SLOWNESS_NOISE: f64 = 1.25;
+const RATIO_FLOOR: f64 = 1e-6;
 
 /// `util` with its difference from the pool's `median` shrunk by
 /// [`UTIL_NOISE`] (to nothing when it is smaller).

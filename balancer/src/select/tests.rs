@@ -24,6 +24,7 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         in_flight,
         busy: in_flight,
         slowness: 1.0,
+        measured: 1.0,
         service: 0.0,
         untried: false,
         pass: 0.0,
@@ -120,14 +121,37 @@ fn utilization_noise_around_the_median_counts_for_nothing() {
 }
 
 #[test]
+fn slowness_counts_beyond_its_noise_band() {
+    // (slowness, what the score uses)
+    let table = [
+        (1.0, 1.0),
+        (1.2, 1.0), // within 25 %: noise
+        (0.85, 1.0),
+        (2.5, 2.0), // beyond: by its excess
+        (4.0, 3.2),
+        (0.25, 0.3125),
+    ];
+    for (s, want) in table {
+        let got = beyond_noise(s);
+        assert!((got - want).abs() < 1e-9, "{s}: {got}");
+    }
+}
+
+#[test]
 fn score_is_queue_times_slowness_times_pressure() {
-    let slow = |v: View, s: f64| with(v, |v| v.slowness = s);
+    // A host measured slow (now and when last measured).
+    let slow = |v: View, s: f64| {
+        with(v, |v| {
+            v.slowness = s;
+            v.measured = s;
+        })
+    };
     // Pressures at median utilization 0.5 once denoised (ten points of
     // every difference from the median are dropped): 0.0 reads 0.1, 0.7
     // reads 0.6, 0.9 reads 0.8, 1.0 reads 0.9.
     let p = |u: f64| 1.0 / (1.0 - u);
     // The agent alone can make a host at most UTIL_TRUST times busier than
-    // the idlest (0.0, read 0.1), times its slowness.
+    // the idlest (0.0, read 0.1), times its measured slowness.
     let cap = 4.0 * p(0.1);
     // (view, expected score) at median utilization 0.5, least 0, median
     // 1 CPU
@@ -138,16 +162,21 @@ fn score_is_queue_times_slowness_times_pressure() {
         (view(report(0.7, 0), 0), p(0.6)),
         (view(report(0.9, 0), 0), cap), // capped: 5 without the cap
         (view(report(1.0, 0), 0), cap), // capped: 10 without the cap
-        // ...the full pressure when the host is also measured slow (the
-        // slowness counts as its square root).
-        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 2.0),
-        (slow(view(report(1.0, 0), 0), 9.0), p(0.9) * 3.0),
+        // ...the full pressure when the host is also measured slow (beyond
+        // the noise band: 4 counts 3.2, 9 counts 7.2).
+        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 3.2),
+        (slow(view(report(1.0, 0), 0), 9.0), p(0.9) * 7.2),
         // Measured slowness alone, as with an agent claiming idle.
-        (slow(view(report(0.0, 0), 0), 4.0), 2.0 * p(0.1)),
-        (slow(view(report(0.0, 0), 0), 0.25), 0.5 * p(0.1)), // faster
-        // Each request waiting on the backend counts, per unit of capacity.
+        (slow(view(report(0.0, 0), 0), 4.0), 3.2 * p(0.1)),
+        (slow(view(report(0.0, 0), 0), 0.25), 0.3125 * p(0.1)), // faster
+        (slow(view(report(0.0, 0), 0), 1.2), p(0.1)),           // noise
+        // A slow verdict faded away still backs the agent's word.
+        (with(view(report(1.0, 0), 0), |v| v.measured = 4.0), p(0.9)),
+        // Each request waiting on the backend counts, per request the host
+        // runs at once: at least one per unit of weight...
         (view(report(0.0, 0), 3), 4.0 * p(0.1)),
-        (cpus(view(report(0.0, 0), 1), 0.25), 5.0 * p(0.1)),
+        (cpus(view(report(0.0, 0), 1), 0.25), 2.0 * p(0.1)),
+        // ...and one per CPU beyond.
         (
             with(cpus(view(report(0.0, 0), 2), 4.0), |v| v.weight = 2),
             1.25 * p(0.1),
@@ -182,10 +211,9 @@ fn between_saturated_hosts_the_slower_one_is_avoided() {
     let mut views = [view(report(1.0, 0), 0), view(report(1.0, 0), 0)];
     views[0].slowness = 4.0;
     let counts = distribution(Strategy::LeastLoaded, &mut views, 12, true);
-    // 40 × (1 + k) against 20 × (1 + k'): four times slower (twice the
-    // cost), it gets a request once the fast one is a request deep, and a
-    // third of them after that.
-    assert!(counts[1] >= 7, "{counts:?}");
+    // 64 × (1 + k) against 20 × (1 + k'): four times slower (3.2 beyond
+    // the noise band), it gets a request once the fast one is three deep.
+    assert!(counts[1] >= 9, "{counts:?}");
 }
 
 #[test]
@@ -337,11 +365,14 @@ fn near_equal_scores_are_shared_and_capacity_sets_the_shares() {
     for (c, want) in counts.iter().zip([1000, 2000, 4000]) {
         assert!(c.abs_diff(want) < 300, "{counts:?}");
     }
-    // Under concurrency the one-CPU host absorbs the most.
+    // Under concurrency, once their speeds are measured (a quarter-CPU
+    // host serves a request at its quota's pace), the one-CPU host absorbs
+    // the most.
+    let speed = |v: View, s: f64| with(v, |v| v.slowness = s);
     let mut views = [
-        cpus(view(report(0.0, 0), 0), 0.25),
-        cpus(view(report(0.0, 0), 0), 0.5),
-        cpus(view(report(0.0, 0), 0), 1.0),
+        speed(cpus(view(report(0.0, 0), 0), 0.25), 2.0),
+        speed(cpus(view(report(0.0, 0), 0), 0.5), 1.0),
+        speed(cpus(view(report(0.0, 0), 0), 1.0), 0.5),
     ];
     let counts = distribution(Strategy::LeastLoaded, &mut views, 14, true);
     assert!(counts[2] > counts[1] && counts[1] > counts[0], "{counts:?}");
