@@ -259,7 +259,6 @@ impl Backend {
             in_flight: self.in_flight.load(Relaxed),
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),
-            measured: self.signal.measured(now),
             service,
             untried: self.signal.untried() && self.in_flight.load(Relaxed) == 0,
             pass: f64::from_bits(self.pass.load(Relaxed)),

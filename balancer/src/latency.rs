@@ -282,16 +282,6 @@ impl Signal {
         })
     }
 
-    /// The slowness as last measured, not faded: what the balancer last
-    /// saw of the host, which keeps backing (or not) what its agent says
-    /// while the host is avoided and unmeasured. 1 before any measure.
-    pub fn measured(&self, now: Instant) -> f64 {
-        let t = nanos_since(self.epoch, now);
-        self.log_slowness
-            .get(t)
-            .map_or(1.0, |(l, _)| l.exp().clamp(RATIO_MIN, RATIO_MAX))
-    }
-
     /// Whether the backend has never answered a request whole: it has not
     /// been compared with its peers yet.
     pub fn untried(&self) -> bool {

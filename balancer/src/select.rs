@@ -27,9 +27,6 @@ pub struct View {
     /// How much slower than its peers it serves the same kind of request
     /// (1: in line), faded towards 1 by age ([`crate::latency`]).
     pub slowness: f64,
-    /// Its slowness as last measured, not faded: what backs (or not) its
-    /// agent's word while it is avoided ([`UTIL_TRUST`]).
-    pub measured: f64,
     /// Its mean service time in seconds (0: none measured yet).
     pub service: f64,
     /// Its turn counter among equals (stride scheduling's pass): ties go
@@ -56,7 +53,6 @@ impl View {
         in_flight: 0,
         busy: 0,
         slowness: 1.0,
-        measured: 1.0,
         service: 0.0,
         untried: false,
         pass: 0.0,
@@ -140,25 +136,19 @@ pub const MAX_EXTRA: f64 = 0.25;
 /// dividing by zero.
 const MIN_SPARE: f64 = 0.05;
 
-/// How far the agent alone can push a host down the ranking: its
-/// utilization penalty is at most this many times the least utilized
-/// host's, times the host's slowness as last measured (at least 1, beyond
-/// noise, not faded: a host avoided for being slow stays backed by that
-/// measure until a new one says otherwise). A report of
-/// 100 % from a host that serves as fast as its peers (a lying or broken
-/// agent, or a busy host whose other work is niced) makes it four times
-/// less attractive than the idlest host, not twenty; a host that is also
-/// measured slow gets the full penalty.
-pub const UTIL_TRUST: f64 = 4.0;
-
 /// Utilization differences within this many points of the pool's median
 /// count as none. An agent's figure is a one-second window of a host's
-/// CPU; at ten requests a second a host reads 0.47 ± 0.17 on the same
-/// steady load, and ranking by that noise herds each poll interval's
-/// traffic onto whichever host drew the low number. A host really busier
-/// than its peers (a CPU hog beside it: 1.0 against 0.5) keeps all but
-/// these ten points of its difference.
-pub const UTIL_NOISE: f64 = 0.1;
+/// CPU; at ten requests a second of 5–20 ms a quarter-core host reads
+/// 0.47 ± 0.17 on the same steady load (± 0.28 when one request in ten
+/// takes 50 ms), and ranking by that noise herds each poll interval's
+/// traffic onto whichever host drew the low number, then away from it
+/// for a second after its burst is over. A host really busier than its
+/// peers (a CPU hog beside it: 1.0 against 0.5) keeps all but these 25
+/// points of its difference, and its measured slowness besides. (10
+/// points were measured to leave least-loaded's open-loop mean 8 % and
+/// its p99 22 % behind least-connections' on equal hosts, 23 % and 50 %
+/// on the mixed work.)
+pub const UTIL_NOISE: f64 = 0.25;
 
 /// Scores within this fraction of the best count as ties, shared in
 /// proportion to capacity: differences this small are measurement noise
@@ -249,8 +239,10 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 ///   from the pool's median within [`UTIL_NOISE`] ignored, floored spare
 ///   5 %: the queueing factor of a host with that share of its capacity
 ///   busy, covering work the balancer cannot see (other balancers, cron
-///   jobs, noisy neighbours). It is capped at [`UTIL_TRUST`] × the
-///   host's last measured slowness × the least utilized host's pressure, so no agent alone can starve a
+///   jobs, noisy neighbours). With the noise band taken out, a report of
+///   100 % reads 75 % at most (pressure 4) while the pool's median is
+///   below that, so no agent alone can make a host more than four times
+///   less attractive than one it reports idle, so no agent alone can starve a
 ///   host that serves well. Half-life: none; a report is replaced whole.
 ///
 /// Scores within [`TIE_BAND`] of the best are shared in proportion to
@@ -259,10 +251,7 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// slowness keep it out until the others are several requests deep.
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
     let util = denoised(estimated_util(v.load.as_ref(), m.util, p), m.util);
-    let least = denoised(m.least_util, m.util);
-    let trusted = UTIL_TRUST * beyond_noise(v.measured).max(1.0) * pressure(least);
-    let pressure = pressure(util).min(trusted);
-    queue(v, m) * beyond_noise(v.slowness) * pressure
+    queue(v, m) * beyond_noise(v.slowness) * pressure(util)
 }
 
 /// `1 + busy / concurrency`: how many requests a new one shares the host
@@ -312,23 +301,18 @@ pub fn capacity(v: &View, m: Medians) -> f64 {
 pub struct Medians {
     /// Median utilization of the known loads ([`medians`]).
     pub util: f64,
-    /// The lowest utilization known (the median when none is).
-    pub least_util: f64,
     /// Median CPUs of the backends that reported them.
     pub cpus: f64,
 }
 
-/// The median and lowest utilization of the backends whose report has
-/// not expired (0.5 when none has one: then every backend ranks alike
-/// anyway) and the median CPUs of those that ever reported (1 when none
-/// has).
+/// The median utilization of the backends whose report has not expired
+/// (0.5 when none has one: then every backend ranks alike anyway) and the
+/// median CPUs of those that ever reported (1 when none has).
 pub fn medians(n: usize, view: impl Fn(usize) -> View, p: &Params) -> Medians {
-    let known = || (0..n).filter_map(|i| view(i).load.filter(|l| l.age < p.expiry()));
+    let known = (0..n).filter_map(|i| view(i).load.filter(|l| l.age < p.expiry()));
     let reported = (0..n).filter_map(|i| view(i).load);
-    let util = median(known().map(|l| l.util)).unwrap_or(0.5);
     Medians {
-        util,
-        least_util: known().map(|l| l.util).reduce(f64::min).unwrap_or(util),
+        util: median(known.map(|l| l.util)).unwrap_or(0.5),
         cpus: median(reported.map(|l| l.cpus)).unwrap_or(1.0),
     }
 }

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,18 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::{
-    backend_status, closed_within, get, get_h2, hangup_backend, raw_backend, raw_exchange,
-    read_head, read_response, request, FakeAgent, Host, Lb, Resp,
+    backend_status, backends_without_agents, closed_within, get, get_h2, hangup_backend,
+    raw_backend, raw_exchange, read_head, read_response, request, FakeAgent, Host, Lb, Resp,
 };
-
-/// `backends = [...]` for plain addresses, with agents nobody answers for.
-fn backends(addrs: &[SocketAddr]) -> String {
-    let items: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\", agent = \"127.0.0.1:1\" }}"))
-        .collect();
-    format!("backends = [{}]", items.join(", "))
-}
 
 /// Probes slow enough never to interfere with what a test does.
 const QUIET_HEALTH: &str = "[health]\ninterval = \"10s\"\n";
@@ -68,7 +58,7 @@ fn header_lines(body: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_the_client_host_is_kept() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let r = request(
         Method::GET,
@@ -119,7 +109,7 @@ async fn forwarding_headers_are_set_and_the_client_host_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let r = raw_exchange(
         lb.addr,
@@ -184,7 +174,11 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
           ok\n",
     )
     .await;
-    let lb = Lb::start(&format!("{}\n{QUIET_HEALTH}", backends(&[fake]))).await;
+    let lb = Lb::start(&format!(
+        "{}\n{QUIET_HEALTH}",
+        backends_without_agents(&[fake])
+    ))
+    .await;
 
     let r = get(&lb.url("/")).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -220,7 +214,7 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_is_tunnelled_both_ways() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let mut ws = TcpStream::connect(lb.addr).await.unwrap();
     ws.write_all(
@@ -283,7 +277,7 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_reaches_the_backend_as_http11_with_host_from_authority() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let r = get_h2(&lb.url("/headers"), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -311,7 +305,7 @@ async fn http2_prior_knowledge_reaches_the_backend_as_http11_with_host_from_auth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_megabyte_post_streams_through_and_its_sha1_matches() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let body = pattern(1 << 20);
     let r = request(
@@ -332,7 +326,11 @@ async fn a_one_megabyte_post_streams_through_and_its_sha1_matches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_dead_gives_503_at_once() {
     let dead = [support::dead_addr(), support::dead_addr()];
-    let lb = Lb::start(&format!("{}\n{QUIET_HEALTH}", backends(&dead))).await;
+    let lb = Lb::start(&format!(
+        "{}\n{QUIET_HEALTH}",
+        backends_without_agents(&dead)
+    ))
+    .await;
 
     for _ in 0..3 {
         let start = Instant::now();
@@ -349,7 +347,7 @@ async fn a_backend_slower_than_the_request_timeout_gives_504() {
     let host = Host::start("slow");
     let lb = Lb::start(&format!(
         "{}\n[timeouts]\nrequest = \"300ms\"\n",
-        backends(&[host.addr])
+        backends_without_agents(&[host.addr])
     ))
     .await;
 
@@ -373,7 +371,7 @@ async fn a_get_whose_backend_hangs_up_is_retried_on_another() {
     let host = Host::start("good");
     let lb = Lb::start(&format!(
         "{}\n{ROUND_ROBIN}{QUIET_HEALTH}",
-        backends(&[hangup, host.addr])
+        backends_without_agents(&[hangup, host.addr])
     ))
     .await;
 
@@ -413,7 +411,7 @@ async fn a_post_whose_backend_hangs_up_gets_502_and_its_body_reaches_no_other_ba
     let host = Host::start("good");
     let lb = Lb::start(&format!(
         "{}\n{ROUND_ROBIN}{QUIET_HEALTH}",
-        backends(&[hangup, host.addr])
+        backends_without_agents(&[hangup, host.addr])
     ))
     .await;
 
@@ -459,7 +457,7 @@ async fn a_post_to_a_refused_backend_is_retried_with_its_body() {
     let host = Host::start("good");
     let lb = Lb::start(&format!(
         "{}\n{ROUND_ROBIN}{QUIET_HEALTH}",
-        backends(&[dead, host.addr])
+        backends_without_agents(&[dead, host.addr])
     ))
     .await;
 
@@ -486,7 +484,11 @@ async fn a_post_to_a_refused_backend_is_retried_with_its_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_protocol_error_gives_502() {
     let garbage = raw_backend(b"this is not HTTP\r\n\r\n").await;
-    let lb = Lb::start(&format!("{}\n{QUIET_HEALTH}", backends(&[garbage]))).await;
+    let lb = Lb::start(&format!(
+        "{}\n{QUIET_HEALTH}",
+        backends_without_agents(&[garbage])
+    ))
+    .await;
 
     let r = get(&lb.url("/")).await;
     assert_error(&r, StatusCode::BAD_GATEWAY);
@@ -499,7 +501,7 @@ async fn a_backend_protocol_error_gives_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gets_400() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let r = raw_exchange(lb.addr, b"\x01\x02 not http at all \x7f\r\n\r\n").await;
     assert_eq!(r.status, 400, "{r:?}");
@@ -515,7 +517,7 @@ async fn garbage_gets_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_over_64_kib_get_431_and_smaller_ones_pass() {
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
 
     let head = |total: usize| {
         let mut req = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
@@ -540,7 +542,7 @@ async fn the_last_attempt_forwards_the_same_headers() {
     let host = Host::start("a");
     let lb = Lb::start(&format!(
         "{}\n[balance]\nretries = 0\n",
-        backends(&[host.addr])
+        backends_without_agents(&[host.addr])
     ))
     .await;
     let r = request(
@@ -572,7 +574,7 @@ async fn content_length_beside_chunked_cannot_smuggle_a_request() {
     // forward the stale Content-Length, or the backend would read 4 bytes
     // of body and take the rest as a second, smuggled request.
     let host = Host::start("a");
-    let lb = Lb::start(&backends(&[host.addr])).await;
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
     let r = raw_exchange(
         lb.addr,
         b"POST /echo-body HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\
@@ -602,7 +604,7 @@ async fn a_client_sending_its_head_too_slowly_is_disconnected() {
     let host = Host::start("a");
     let lb = Lb::start(&format!(
         "{}\n[timeouts]\nheader = \"500ms\"\n",
-        backends(&[host.addr])
+        backends_without_agents(&[host.addr])
     ))
     .await;
 
@@ -630,7 +632,7 @@ async fn an_idle_keep_alive_connection_is_closed_and_an_active_one_is_not() {
     let host = Host::start("a");
     let lb = Lb::start(&format!(
         "{}\n[timeouts]\nidle = \"300ms\"\n",
-        backends(&[host.addr])
+        backends_without_agents(&[host.addr])
     ))
     .await;
 
@@ -660,7 +662,7 @@ async fn a_connection_waiting_for_a_slow_response_is_not_idle() {
     let host = Host::start("a");
     let lb = Lb::start(&format!(
         "{}\n[timeouts]\nidle = \"300ms\"\n",
-        backends(&[host.addr])
+        backends_without_agents(&[host.addr])
     ))
     .await;
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{backend_status, get, raw_backend, statuses, tally, Host, Lb};
+use support::{
+    backend_status, backends_without_agents, get, raw_backend, statuses, tally, Host, Lb,
+};
 
 const ANSWER_500: &[u8] =
     b"HTTP/1.1 500 Internal Server Error\r\nx-backend: bad\r\ncontent-length: 4\r\n\r\nboom";
@@ -20,15 +22,6 @@ const ANSWER_500: &[u8] =
 const QUIET_HEALTH: &str = "[health]\ninterval = \"1h\"\n";
 const FAST_HEALTH: &str =
     "[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2\n";
-
-/// `backends = [...]` for plain addresses, with agents nobody answers for.
-fn backends(addrs: &[SocketAddr]) -> String {
-    let items: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\", agent = \"127.0.0.1:1\" }}"))
-        .collect();
-    format!("backends = [{}]", items.join(", "))
-}
 
 /// `/status.json`'s view of the backend at `addr`.
 async fn backend(lb: &Lb, addr: SocketAddr) -> serde_json::Value {
@@ -76,7 +69,7 @@ async fn a_backend_answering_500_is_ejected_after_five_and_returns_after_its_eje
     let (a, b) = (Host::start("a"), Host::start("b"));
     let lb = Lb::start(&format!(
         "{}\n[balance]\nstrategy = \"round-robin\"\n{QUIET_HEALTH}[outlier]\nbase_ejection = \"1s\"\n",
-        backends(&[bad, a.addr, b.addr])
+        backends_without_agents(&[bad, a.addr, b.addr])
     ))
     .await;
 
@@ -131,7 +124,7 @@ async fn never_more_than_max_ejected_percent_of_the_pool_is_ejected() {
     let lb = Lb::start(&format!(
         "{}\n[balance]\nstrategy = \"round-robin\"\n{QUIET_HEALTH}\
          [outlier]\nbase_ejection = \"30s\"\nmax_ejected_percent = 50\n",
-        backends(&[bad[0], bad[1], bad[2], good.addr])
+        backends_without_agents(&[bad[0], bad[1], bad[2], good.addr])
     ))
     .await;
 
@@ -173,7 +166,7 @@ async fn panic_mode_sends_traffic_to_ejected_backends_but_never_to_down_ones() {
     let lb = Lb::start(&format!(
         "{}\n[balance]\nstrategy = \"round-robin\"\n{FAST_HEALTH}\
          [outlier]\nbase_ejection = \"1m\"\nmax_ejected_percent = 50\n",
-        backends(&[bad[0], bad[1], a.addr, b_addr])
+        backends_without_agents(&[bad[0], bad[1], a.addr, b_addr])
     ))
     .await;
 
@@ -242,7 +235,7 @@ async fn a_restarted_backend_ramps_up_over_slow_start() {
     let b_addr = b.addr;
     let lb = Lb::start(&format!(
         "{}\n[balance]\nstrategy = \"round-robin\"\nslow_start = \"2s\"\n{FAST_HEALTH}",
-        backends(&[a.addr, b_addr])
+        backends_without_agents(&[a.addr, b_addr])
     ))
     .await;
     // Present at start: no ramp, a full share at once.
@@ -292,7 +285,7 @@ async fn a_backend_added_on_reload_ramps_up() {
     let config = |addrs: &[SocketAddr]| {
         format!(
             "{}\n[balance]\nstrategy = \"random\"\nslow_start = \"2s\"\n{QUIET_HEALTH}",
-            backends(addrs)
+            backends_without_agents(addrs)
         )
     };
     let lb = Lb::start(&config(&[a.addr])).await;
@@ -321,7 +314,7 @@ async fn retries_stay_within_the_budget_when_a_backend_resets_every_connection()
     let lb = Lb::start(&format!(
         "{}\n[balance]\nstrategy = \"round-robin\"\nretry_budget = 0.2\n{QUIET_HEALTH}\
          [outlier]\nconsecutive_failures = 0\n",
-        backends(&[reset, good.addr])
+        backends_without_agents(&[reset, good.addr])
     ))
     .await;
 

@@ -3,10 +3,6 @@
 
 use super::*;
 
-const P: Params = Params {
-    interval: Duration::from_secs(1),
-};
-
 fn idle(ramp: f64) -> View {
     View {
         ramp,
@@ -21,29 +17,7 @@ fn up(v: View) -> View {
 /// `n` picks over `views`, counting in-flight requests up when `hold`;
 /// returns each backend's share.
 fn shares(strategy: Strategy, views: &[View], n: usize, hold: bool) -> Vec<f64> {
-    let mut views = views.to_vec();
-    let schedule = wrr_schedule(&views.iter().map(|v| v.weight).collect::<Vec<_>>());
-    let mut rng = fastrand::Rng::with_seed(11);
-    let mut counts = vec![0usize; views.len()];
-    for ticket in 0..n {
-        let how = Pick {
-            strategy,
-            params: P,
-            ticket,
-            schedule: &schedule,
-        };
-        let snapshot = views.clone();
-        let choice = pick(&how, views.len(), |i| snapshot[i], |_| true, &mut rng).unwrap();
-        let i = choice.index;
-        if let Some(pass) = choice.pass {
-            views[i].pass = pass;
-        }
-        counts[i] += 1;
-        if hold {
-            views[i].in_flight += 1;
-            views[i].busy += 1;
-        }
-    }
+    let counts = super::tests::distribution(strategy, &mut views.to_vec(), n, hold);
     counts.iter().map(|&c| c as f64 / n as f64).collect()
 }
 
@@ -91,10 +65,11 @@ fn least_loaded_composes_the_ramp_with_the_load() {
             dispatched: 0,
         })
     };
-    // A fresh, idle host and a busy one (score 1 vs 4). Without a ramp the
-    // idle one takes all sequential traffic; at ramp 0.5 it still does (2 <
-    // 4); at ramp 0.2 it no longer does (5 > 4): the ramp weighs against the
-    // load, it does not replace it.
+    // A fresh, idle host and a busy one (0 and 1: 0.25 and 0.75 once
+    // denoised, scores 1.33 vs 4). Without a ramp the idle one takes all
+    // sequential traffic; at ramp 0.5 it still does (2.67 < 4); at ramp 0.2
+    // it no longer does (6.67 > 4): the ramp weighs against the load, it
+    // does not replace it.
     for (ramp, idle_wins) in [(1.0, true), (0.5, true), (0.2, false)] {
         let views = [
             up(View {
@@ -102,7 +77,7 @@ fn least_loaded_composes_the_ramp_with_the_load() {
                 ..idle(ramp)
             }),
             up(View {
-                load: report(0.75),
+                load: report(1.0),
                 ..idle(1.0)
             }),
         ];

@@ -24,7 +24,6 @@ fn view(util: Option<LoadView>, in_flight: u32) -> View {
         in_flight,
         busy: in_flight,
         slowness: 1.0,
-        measured: 1.0,
         service: 0.0,
         untried: false,
         pass: 0.0,
@@ -85,7 +84,6 @@ fn requests_sent_since_the_report_raise_the_estimate_but_never_lower_it() {
 
 const M: Medians = Medians {
     util: 0.5,
-    least_util: 0.0,
     cpus: 1.0,
 };
 
@@ -108,11 +106,11 @@ fn utilization_noise_around_the_median_counts_for_nothing() {
     // (util, median, denoised)
     let table = [
         (0.5, 0.5, 0.5),
-        (0.58, 0.5, 0.5), // within ten points: the median
-        (0.42, 0.5, 0.5),
-        (0.7, 0.5, 0.6), // beyond: all but ten points of the difference
-        (1.0, 0.5, 0.9),
-        (0.0, 0.3, 0.1),
+        (0.7, 0.5, 0.5), // within 25 points: the median
+        (0.3, 0.5, 0.5),
+        (0.9, 0.5, 0.65), // beyond: all but 25 points of the difference
+        (1.0, 0.5, 0.75),
+        (0.0, 0.3, 0.25),
     ];
     for (util, median, want) in table {
         let got = denoised(util, median);
@@ -139,50 +137,36 @@ fn slowness_counts_beyond_its_noise_band() {
 
 #[test]
 fn score_is_queue_times_slowness_times_pressure() {
-    // A host measured slow (now and when last measured).
-    let slow = |v: View, s: f64| {
-        with(v, |v| {
-            v.slowness = s;
-            v.measured = s;
-        })
-    };
-    // Pressures at median utilization 0.5 once denoised (ten points of
-    // every difference from the median are dropped): 0.0 reads 0.1, 0.7
-    // reads 0.6, 0.9 reads 0.8, 1.0 reads 0.9.
+    let slow = |v: View, s: f64| with(v, |v| v.slowness = s);
+    // Pressure of a utilization at median 0.5, once denoised.
     let p = |u: f64| 1.0 / (1.0 - u);
-    // The agent alone can make a host at most UTIL_TRUST times busier than
-    // the idlest (0.0, read 0.1), times its measured slowness.
-    let cap = 4.0 * p(0.1);
-    // (view, expected score) at median utilization 0.5, least 0, median
-    // 1 CPU
+    let pd = |u: f64| p(denoised(u, 0.5));
+    // (view, expected score) at median utilization 0.5, median 1 CPU
     let table = [
-        (view(report(0.0, 0), 0), p(0.1)),
+        (view(report(0.0, 0), 0), pd(0.0)),
         (view(report(0.5, 0), 0), 2.0),
-        (view(report(0.55, 0), 0), 2.0), // noise: as the median
-        (view(report(0.7, 0), 0), p(0.6)),
-        (view(report(0.9, 0), 0), cap), // capped: 5 without the cap
-        (view(report(1.0, 0), 0), cap), // capped: 10 without the cap
-        // ...the full pressure when the host is also measured slow (beyond
-        // the noise band: 4 counts 3.2, 9 counts 7.2).
-        (slow(view(report(0.9, 0), 0), 4.0), p(0.8) * 3.2),
-        (slow(view(report(1.0, 0), 0), 9.0), p(0.9) * 7.2),
+        (view(report(0.7, 0), 0), 2.0), // noise: as the median
+        (view(report(0.9, 0), 0), pd(0.9)),
+        (view(report(1.0, 0), 0), pd(1.0)),
+        // Measured slow as well: beyond the noise band 4 counts 3.2, 9
+        // counts 7.2.
+        (slow(view(report(0.9, 0), 0), 4.0), pd(0.9) * 3.2),
+        (slow(view(report(1.0, 0), 0), 9.0), pd(1.0) * 7.2),
         // Measured slowness alone, as with an agent claiming idle.
-        (slow(view(report(0.0, 0), 0), 4.0), 3.2 * p(0.1)),
-        (slow(view(report(0.0, 0), 0), 0.25), 0.3125 * p(0.1)), // faster
-        (slow(view(report(0.0, 0), 0), 1.2), p(0.1)),           // noise
-        // A slow verdict faded away still backs the agent's word.
-        (with(view(report(1.0, 0), 0), |v| v.measured = 4.0), p(0.9)),
+        (slow(view(report(0.0, 0), 0), 4.0), 3.2 * pd(0.0)),
+        (slow(view(report(0.0, 0), 0), 0.25), 0.3125 * pd(0.0)), // faster
+        (slow(view(report(0.0, 0), 0), 1.2), pd(0.0)),           // noise
         // Each request waiting on the backend counts, per request the host
         // runs at once: at least one per unit of weight...
-        (view(report(0.0, 0), 3), 4.0 * p(0.1)),
-        (cpus(view(report(0.0, 0), 1), 0.25), 2.0 * p(0.1)),
+        (view(report(0.0, 0), 3), 4.0 * pd(0.0)),
+        (cpus(view(report(0.0, 0), 1), 0.25), 2.0 * pd(0.0)),
         // ...and one per CPU beyond.
         (
             with(cpus(view(report(0.0, 0), 2), 4.0), |v| v.weight = 2),
-            1.25 * p(0.1),
+            1.25 * pd(0.0),
         ),
         // Requests held open by slow readers (not busy) do not count.
-        (with(view(report(0.0, 0), 0), |v| v.in_flight = 9), p(0.1)),
+        (with(view(report(0.0, 0), 0), |v| v.in_flight = 9), pd(0.0)),
         // Unknown load ranks with the median utilization and CPUs.
         (view(None, 0), 2.0),
         (view(None, 1), 4.0),
@@ -191,14 +175,17 @@ fn score_is_queue_times_slowness_times_pressure() {
         let got = score(&v, M, &P);
         assert!((got - want).abs() < 1e-9, "{v:?}: {got} != {want}");
     }
+    // The agent alone can make a host at most four times less attractive
+    // than any other: 1.0 reads at most 0.75 once denoised.
+    for median in [0.0, 0.3, 0.5, 0.7] {
+        let m = Medians { util: median, ..M };
+        let ratio = score(&view(report(1.0, 0), 0), m, &P) / score(&view(report(0.0, 0), 0), m, &P);
+        assert!(ratio <= 4.0 + 1e-9, "{median}: {ratio}");
+    }
     // When every host is busy, the agents' differences count beyond the
     // noise.
-    let busy = Medians {
-        util: 0.6,
-        least_util: 0.6,
-        ..M
-    };
-    for (util, want) in [(0.6, 2.5), (0.8, p(0.7)), (1.0, 10.0)] {
+    let busy = Medians { util: 0.6, ..M };
+    for (util, want) in [(0.6, 2.5), (0.8, 2.5), (1.0, 4.0)] {
         let got = score(&view(report(util, 0), 0), busy, &P);
         assert!((got - want).abs() < 1e-9, "{util}: {got} != {want}");
     }
@@ -220,10 +207,8 @@ fn between_saturated_hosts_the_slower_one_is_avoided() {
 fn an_agent_alone_cannot_starve_or_flood_a_host() {
     // Claims 100 % while serving as fast as its peers: sequential traffic
     // avoids it (but for the probe floor), and under concurrency it takes
-    // its part once the others are three requests deep (8 = 4 × 2 against
-    // 2 × (1 + 3)) and a request per four of theirs after that, where its
-    // uncapped pressure (10: 1.0 reads 0.9 once denoised) would wait until
-    // they were four deep.
+    // its part once the others are a request deep (1.0 reads 0.75 once
+    // denoised: 4 against 2 × (1 + 1)).
     let mut views = [
         view(report(1.0, 0), 0),
         view(report(0.5, 0), 0),
@@ -259,19 +244,20 @@ fn medians_ignore_unknown_and_expired_reports() {
     let m = |n| medians(n, |i| views[i], &P);
     // Utilization: 0.9, 0.1, 0.5 known (one expired); CPUs: all four that
     // reported, the expired one included (capacity does not go stale).
-    let medians = |util, least_util, cpus| Medians {
-        util,
-        least_util,
-        cpus,
-    };
-    assert_eq!(m(5), medians(0.5, 0.1, 0.75));
-    assert_eq!(m(2), medians(0.5, 0.1, 1.25)); // (0.9 + 0.1) / 2
-    assert_eq!(m(0), medians(0.5, 0.5, 1.0)); // nothing known
+    let medians = |util, cpus| Medians { util, cpus };
+    assert_eq!(m(5), medians(0.5, 0.75));
+    assert_eq!(m(2), medians(0.5, 1.25)); // (0.9 + 0.1) / 2
+    assert_eq!(m(0), medians(0.5, 1.0)); // nothing known
 }
 
 /// Runs `n` picks, updating in-flight counts as `hold` says, and returns
 /// how many went to each backend.
-fn distribution(strategy: Strategy, views: &mut [View], n: usize, hold: bool) -> Vec<usize> {
+pub(super) fn distribution(
+    strategy: Strategy,
+    views: &mut [View],
+    n: usize,
+    hold: bool,
+) -> Vec<usize> {
     let schedule = wrr_schedule(&views.iter().map(|v| v.weight).collect::<Vec<_>>());
     let mut rng = fastrand::Rng::with_seed(7);
     let mut counts = vec![0; views.len()];
@@ -325,9 +311,9 @@ fn least_loaded_does_not_herd_concurrent_traffic_onto_the_idle_host() {
 #[test]
 fn unknown_load_ranks_with_the_median() {
     let mut views = [
-        view(report(0.2, 0), 0),
+        view(report(0.05, 0), 0),
         view(None, 0),
-        view(report(0.8, 0), 0),
+        view(report(0.95, 0), 0),
     ];
     // Median 0.5: the unknown host is second, neither first nor excluded.
     let counts = distribution(Strategy::LeastLoaded, &mut views, 1000, false);

@@ -323,7 +323,7 @@ async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Byt
 /// A backend that reads a request head and then closes the connection
 /// without answering: a backend that fails *after* receiving the request.
 pub async fn hangup_backend() -> SocketAddr {
-    fake_backend(None).await
+    fake_backend(|_| None).await
 }
 
 /// An address where nothing listens (connections are refused).
@@ -508,26 +508,32 @@ pub async fn closed_within(
 /// `response` verbatim (which must be a complete HTTP/1.1 response), keeping
 /// the connection open for the next request.
 pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
-    fake_backend(Some(response)).await
+    fake_backend(move |_| Some(response.to_vec())).await
 }
 
-/// A raw TCP backend: after each request head, it writes `answer`, or,
-/// without one, hangs up.
-async fn fake_backend(answer: Option<&'static [u8]>) -> SocketAddr {
+/// A raw TCP backend: after each request head, it writes what `answer`
+/// makes of the head, or, given `None`, hangs up.
+async fn fake_backend<F>(answer: F) -> SocketAddr
+where
+    F: Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = Arc::new(answer);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = Arc::clone(&answer);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let mut seen = Vec::new();
                 loop {
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
                         seen.drain(..end + 4);
                         // No answer: dropping the stream closes it unanswered.
-                        let Some(answer) = answer else { return };
-                        if stream.write_all(answer).await.is_err() {
+                        let Some(bytes) = answer(&head) else { return };
+                        if stream.write_all(&bytes).await.is_err() {
                             return;
                         }
                     }
@@ -540,6 +546,15 @@ async fn fake_backend(answer: Option<&'static [u8]>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// `backends = [...]` for plain addresses, with agents nobody answers for.
+pub fn backends_without_agents(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\", agent = \"127.0.0.1:1\" }}"))
+        .collect();
+    format!("backends = [{}]", items.join(", "))
 }
 
 /// The `/status.json` entry of the backend at `addr`.
@@ -803,40 +818,19 @@ pub async fn reset_backend() -> SocketAddr {
 /// case outlier ejection exists for): `GET /health` answers `200 ok`,
 /// everything else `500`, with `X-Backend: id`.
 pub async fn failing_backend(id: &'static str) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                loop {
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                        seen.drain(..end + 4);
-                        let (status, body) = if head.starts_with("GET /health ") {
-                            ("200 OK", "ok")
-                        } else {
-                            ("500 Internal Server Error", "boom")
-                        };
-                        let answer = format!(
-                            "HTTP/1.1 {status}\r\nx-backend: {id}\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
+    fake_backend(move |head| {
+        let (status, body) = if head.starts_with("GET /health ") {
+            ("200 OK", "ok")
+        } else {
+            ("500 Internal Server Error", "boom")
+        };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nx-backend: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Some(answer.into_bytes())
+    })
+    .await
 }
 
 /// Counts the statuses of `n` sequential GETs of `url`.
