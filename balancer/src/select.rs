@@ -218,8 +218,8 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// - **busy / concurrency** — local and instant: requests this balancer
 ///   has waiting on the backend, per request the host can run at once
 ///   ([`queue`]: weight × the CPUs the agent reports, at least 1 each). It
-///   rises with every request sent and falls
-///   as soon as the backend has answered, so between two polls traffic
+///   rises with every request sent and falls as soon as the backend has
+///   answered, so between two polls traffic
 ///   cannot pile onto the host that looked idle, and a slow-reading client
 ///   holding a response open does not count against the host. Half-life:
 ///   none, it is a count.
@@ -242,11 +242,11 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 ///   jobs, noisy neighbours). With the noise band taken out, a report of
 ///   100 % reads 75 % at most (pressure 4) while the pool's median is
 ///   below that, so no agent alone can make a host more than four times
-///   less attractive than one it reports idle, so no agent alone can starve a
-///   host that serves well. Half-life: none; a report is replaced whole.
+///   less attractive than one it reports idle: it cannot starve a host
+///   that serves well. Half-life: none; a report is replaced whole.
 ///
-/// Scores within [`TIE_BAND`] of the best are shared in proportion to
-/// capacity. With nothing in flight and equal loads, traffic spreads by
+/// Scores within [`TIE_BAND`] of the best count as equal, and equals take
+/// turns in proportion to capacity ([`lowest`]). With nothing in flight and equal loads, traffic spreads by
 /// capacity (weight × CPUs); with a host stressed, its utilization and
 /// slowness keep it out until the others are several requests deep.
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
