@@ -118,7 +118,8 @@ impl Params {
     }
 }
 
-/// Share of `least-loaded` picks made at random among healthy backends, so
+/// Share of `least-loaded` picks made at random among healthy backends
+/// with nothing waiting on them, so
 /// that a host which looked busy keeps receiving a trickle of traffic and is
 /// never starved forever (Traefik #12306): its latency is measured afresh
 /// and, with [`crate::latency`]'s time-weighted averages, a probe after a
@@ -430,8 +431,12 @@ pub fn pick(
             if (0..n).any(untried) {
                 return plain(weighted_random(n, &view, untried, rng));
             }
-            if rng.f64() < PROBE_FLOOR {
-                return plain(weighted_random(n, &view, eligible, rng));
+            // A probe goes only to a host with nothing waiting on it: it is
+            // there to measure hosts the score avoids (and those are idle),
+            // not to queue a request behind others at random.
+            let idle = |i: usize| eligible(i) && view(i).busy == 0;
+            if rng.f64() < PROBE_FLOOR && (0..n).any(idle) {
+                return plain(weighted_random(n, &view, idle, rng));
             }
             let m = medians(n, &view, &how.params);
             lowest(

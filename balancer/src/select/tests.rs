@@ -365,6 +365,21 @@ fn near_equal_scores_are_shared_and_capacity_sets_the_shares() {
 }
 
 #[test]
+fn probes_never_queue_behind_work() {
+    // A busy host (two requests waiting) and an idle one far better
+    // ranked: the probe floor still samples only the idle ones.
+    let mut views = [view(report(0.0, 0), 0), view(report(0.95, 0), 0)];
+    views[1].busy = 2;
+    views[1].in_flight = 2;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 2000, false);
+    assert_eq!(counts[1], 0, "{counts:?}");
+    // Idle, it is probed now and then.
+    views[1].busy = 0;
+    let counts = distribution(Strategy::LeastLoaded, &mut views, 2000, false);
+    assert!(counts[1] > 0, "{counts:?}");
+}
+
+#[test]
 fn untried_backends_are_tried_first() {
     let mut views = [
         view(report(0.0, 0), 0),
