@@ -135,24 +135,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     let (groups, cluster) = start_hosts(&[EQUAL; 4], &work).await?;
     let version = groups[0].version;
     let hosts = &cluster.hosts;
-    all.push(
-        condition(
-            spec(Cond::Unstressed, &both, &mix, false, &[EQUAL; 4], 1),
-            timing,
-            hosts,
-            &work,
-        )
-        .await?,
-    );
-    all.push(
-        condition(
-            spec(Cond::Mixed, &[Pace::Open], &mixed, true, &[EQUAL; 4], 1),
-            timing,
-            hosts,
-            &work,
-        )
-        .await?,
-    );
+    for s in [
+        spec(Cond::Unstressed, &both, &mix, false, &[EQUAL; 4], 1),
+        spec(Cond::Mixed, &[Pace::Open], &mixed, true, &[EQUAL; 4], 1),
+    ] {
+        all.push(condition(s, timing, hosts, &work).await?);
+    }
     let mut burners = Vec::new();
     for _ in 0..BURNERS {
         let mut sh = std::process::Command::new("sh");
@@ -161,39 +149,20 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     }
     // Let host-1's agent see the burn before the first run.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    all.push(
-        condition(
-            spec(Cond::Stressed, &both, &mix, false, &[EQUAL; 4], 1),
-            timing,
-            hosts,
-            &work,
-        )
-        .await?,
-    );
-    all.push(
-        condition(
-            spec(Cond::ThreeBalancers, &both, &mix, false, &[EQUAL; 4], 3),
-            timing,
-            hosts,
-            &work,
-        )
-        .await?,
-    );
+    for s in [
+        spec(Cond::Stressed, &both, &mix, false, &[EQUAL; 4], 1),
+        spec(Cond::ThreeBalancers, &both, &mix, false, &[EQUAL; 4], 3),
+    ] {
+        all.push(condition(s, timing, hosts, &work).await?);
+    }
     crate::procs::stop_all(&mut burners);
     cluster.stop();
     drop(groups);
 
     let (groups, cluster) = start_hosts(&HETEROGENEOUS, &work).await?;
     let reports = agent_reports(&cluster.hosts).await;
-    all.push(
-        condition(
-            spec(Cond::Heterogeneous, &both, &mix, false, &HETEROGENEOUS, 1),
-            timing,
-            &cluster.hosts,
-            &work,
-        )
-        .await?,
-    );
+    let s = spec(Cond::Heterogeneous, &both, &mix, false, &HETEROGENEOUS, 1);
+    all.push(condition(s, timing, &cluster.hosts, &work).await?);
     cluster.stop();
     drop(groups);
     let took = began.elapsed().as_secs_f64();
