@@ -187,11 +187,14 @@ impl Backend {
         transition(prev & UP != 0, false)
     }
 
-    /// Counts a request of `class` ([`crate::latency::class_of`]) as sent
-    /// here; the returned guard keeps it in flight until dropped (the proxy
-    /// drops it when the response body ends) and keeps the clock of the
-    /// backend's own time.
-    pub fn start_request(self: &Arc<Self>, class: u8) -> InFlight {
+    /// Counts a request of `class` ([`crate::latency::Baselines::class_of`])
+    /// as sent here; the returned guard keeps it in flight until dropped
+    /// (the proxy drops it when the response body ends) and keeps the clock
+    /// of the backend's own time. `class` is `None` for a request whose
+    /// time is not the host's alone to measure: one with a body, which the
+    /// client paces (a client uploading at a byte a second would otherwise
+    /// make any host look slow).
+    pub fn start_request(self: &Arc<Self>, class: Option<u8>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         let sharing = self.busy.fetch_add(1, Relaxed).saturating_add(1);
         self.dispatched.fetch_add(1, Relaxed);
@@ -442,8 +445,9 @@ pub fn utilization(r: &LoadReport) -> f64 {
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
-    /// The request's class, for the latency baseline.
-    class: u8,
+    /// The request's class, for the latency baseline (`None`: not a
+    /// measure of the host).
+    class: Option<u8>,
     /// Requests waiting on the backend when this one was sent, itself
     /// included: how many shared the host's CPUs with it.
     sharing: u32,
@@ -512,21 +516,27 @@ impl Drop for InFlight {
         }
         // Failures, abandoned and upgraded requests are no measure of the
         // host's speed: failures are outlier detection's business.
-        if self.complete {
-            // The host's speed, not its queue: a request that shared the
-            // CPUs with others took longer for that alone, and the queue is
-            // already in the score (`busy`). Divided by how many shared
-            // each CPU, so a host is compared with its peers as if each
-            // request had had a CPU to itself.
-            let cpus = b
-                .load
-                .load()
-                .as_deref()
-                .map_or(1.0, |s| s.report.capacity());
-            let shared = (f64::from(self.sharing) / cpus.max(1.0)).max(1.0);
-            let secs = self.backend_time.as_secs_f64() / shared;
-            b.signal.record(&b.baselines, self.class, secs, self.last);
+        if !self.complete {
+            return;
         }
+        let Some(class) = self.class else {
+            // Answered whole but not a measure: the host is tried.
+            b.signal.touch(self.last);
+            return;
+        };
+        // The host's speed, not its queue: a request that shared the CPUs
+        // with others took longer for that alone, and the queue is already
+        // in the score (`busy`). Divided by how many shared each CPU, so a
+        // host is compared with its peers as if each request had had a CPU
+        // to itself.
+        let cpus = b
+            .load
+            .load()
+            .as_deref()
+            .map_or(1.0, |s| s.report.capacity());
+        let shared = (f64::from(self.sharing) / cpus.max(1.0)).max(1.0);
+        let secs = self.backend_time.as_secs_f64() / shared;
+        b.signal.record(&b.baselines, class, secs, self.last);
     }
 }
 
@@ -652,13 +662,47 @@ mod tests {
     #[test]
     fn the_in_flight_guard_counts_until_dropped() {
         let b = Arc::new(backend(2, 2));
-        let g1 = b.start_request(0);
-        let g2 = b.start_request(0);
+        let g1 = b.start_request(Some(0));
+        let g2 = b.start_request(None);
         assert_eq!(b.stats().in_flight, 2);
         drop(g1);
         assert_eq!(b.stats().in_flight, 1);
         drop(g2);
         assert_eq!((b.stats().in_flight, b.stats().requests), (0, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backend_time_leaves_out_the_client_and_bodies_are_no_measure() {
+        use tokio::time::advance;
+        let b = Arc::new(backend(2, 2));
+        let mut g = b.start_request(Some(0));
+        assert_eq!(b.stats().busy, 1);
+        advance(Duration::from_millis(10)).await; // the backend works
+        g.head_arrived(Instant::now());
+        assert_eq!(b.stats().busy, 0);
+        advance(Duration::from_secs(5)).await; // the client does not read
+        g.waiting_on_backend();
+        assert_eq!(b.stats().busy, 1);
+        advance(Duration::from_millis(5)).await; // the backend's next bytes
+        g.finish();
+        assert_eq!(b.stats().busy, 0);
+        drop(g);
+        // 15 ms of the backend's own time; the five seconds are the client's.
+        let service = b.stats().service;
+        assert!((service - 0.015).abs() < 1e-6, "{service}");
+        assert!(!b.signal.untried());
+
+        // A request with a body (paced by the client) is no measure of the
+        // host: it ends the untried state and leaves the signal alone.
+        let c = Arc::new(backend(2, 2));
+        let mut g = c.start_request(None);
+        advance(Duration::from_secs(9)).await;
+        g.head_arrived(Instant::now());
+        g.finish();
+        drop(g);
+        assert!(!c.signal.untried());
+        assert_eq!(c.stats().service, 0.0);
+        assert_eq!(c.stats().slowness, 1.0);
     }
 
     #[test]

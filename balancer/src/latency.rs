@@ -13,7 +13,8 @@
 //! - **Relative to the request's class.** `/work?ms=50` is fifty times
 //!   `/work?ms=1` on every host; a host that happened to get the slow
 //!   endpoint is not a slow host. Each request falls into one of
-//!   [`CLASSES`] classes by a hash of its method, path and query; the pool
+//!   [`CLASSES`] classes by a keyed hash of its method, path and query
+//!   (requests with a body, paced by the client, are not measured); the pool
 //!   keeps a moving baseline per class, and a backend's sample counts as its
 //!   ratio to that baseline. A backend's [`Signal::slowness`] is the moving
 //!   geometric mean of those ratios: 1 for a host in line with its peers,
@@ -176,6 +177,10 @@ pub fn nanos_since(epoch: Instant, now: Instant) -> u64 {
 #[derive(Debug)]
 pub struct Baselines {
     epoch: Instant,
+    /// A random key for [`Baselines::class_of`], so that which requests
+    /// share a class cannot be worked out in advance by a client hoping to
+    /// pass a slow endpoint off as a quick one.
+    seed: u64,
     classes: [Decaying; CLASSES],
 }
 
@@ -184,6 +189,7 @@ impl Baselines {
     pub fn new() -> Baselines {
         Baselines {
             epoch: Instant::now(),
+            seed: fastrand::u64(..),
             classes: [const { Decaying::new() }; CLASSES],
         }
     }
@@ -199,26 +205,34 @@ impl Baselines {
     }
 }
 
+impl Baselines {
+    /// The class of a request: FNV-1a over its method, path and query,
+    /// started from this pool's random key and finished with a 64-bit mix,
+    /// folded into [`CLASSES`] buckets. A few dozen nanoseconds for a
+    /// typical target.
+    pub fn class_of(&self, method: &http::Method, path_and_query: &str) -> u8 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.seed;
+        for b in method
+            .as_str()
+            .bytes()
+            .chain([b' '])
+            .chain(path_and_query.bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // splitmix64's finaliser: every input bit moves every output bit.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        (h % CLASSES as u64) as u8
+    }
+}
+
 impl Default for Baselines {
     fn default() -> Self {
         Baselines::new()
     }
-}
-
-/// The class of a request: FNV-1a over its method, path and query, folded
-/// into [`CLASSES`] buckets. A few dozen nanoseconds for a typical target.
-pub fn class_of(method: &http::Method, path_and_query: &str) -> u8 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in method
-        .as_str()
-        .bytes()
-        .chain([b' '])
-        .chain(path_and_query.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    ((h ^ (h >> 32)) % CLASSES as u64) as u8
 }
 
 /// One backend's latency signal: its slowness (ratio to its peers on the
@@ -280,6 +294,16 @@ impl Signal {
                 .exp()
                 .clamp(RATIO_MIN, RATIO_MAX)
         })
+    }
+
+    /// The backend answered a request whole that is no measure of its
+    /// speed: it is no longer untried, its slowness is left as it is.
+    pub fn touch(&self, now: Instant) {
+        if self.untried() {
+            let t = nanos_since(self.epoch, now);
+            self.log_slowness
+                .observe(0.0, t, SLOWNESS_HALF_LIFE, MAX_SAMPLE_WEIGHT);
+        }
     }
 
     /// Whether the backend has never answered a request whole: it has not
@@ -383,9 +407,13 @@ mod tests {
     async fn a_host_slow_on_every_class_reads_slow_and_a_slow_class_does_not() {
         let base = Baselines::new();
         let (fast, slow) = (Signal::new(), Signal::new());
-        let quick = class_of(&http::Method::GET, "/work?ms=1");
-        let heavy = class_of(&http::Method::GET, "/work?ms=50");
-        assert_ne!(quick, heavy);
+        // Two classes that differ (the key is random; find a pair).
+        let class = |p: &str| base.class_of(&http::Method::GET, p);
+        let quick = class("/work?ms=1");
+        let heavy = (50..)
+            .map(|ms| class(&format!("/work?ms={ms}")))
+            .find(|&c| c != quick)
+            .unwrap();
         for i in 0..600 {
             // Both hosts get the heavy class now and then.
             let (class, secs) = if i % 10 == 0 {
@@ -441,22 +469,26 @@ mod tests {
     }
 
     #[test]
-    fn classes_differ_by_query_and_method() {
-        let get = |p| class_of(&http::Method::GET, p);
+    fn classes_spread_by_method_path_and_query_under_a_random_key() {
+        let (a, b) = (Baselines::new(), Baselines::new());
+        let get = |p: &str| a.class_of(&http::Method::GET, p);
         assert_eq!(get("/a?x=1"), get("/a?x=1"));
-        let distinct: std::collections::HashSet<u8> = [
-            "/",
-            "/a",
-            "/a?x=1",
-            "/a?x=2",
-            "/b",
-            "/work?ms=1",
-            "/work?ms=50",
-        ]
-        .into_iter()
-        .map(get)
-        .collect();
-        assert!(distinct.len() >= 6, "{distinct:?}");
-        assert!(usize::from(get("/anything")) < CLASSES);
+        // 200 targets differing only in their query fill most of the 64
+        // classes (about 61 expected)...
+        let paths: Vec<String> = (0..200).map(|i| format!("/work?ms={i}")).collect();
+        let distinct: std::collections::HashSet<u8> = paths.iter().map(|p| get(p)).collect();
+        assert!(distinct.len() >= 50, "{}", distinct.len());
+        // ...the method counts...
+        let posts = paths
+            .iter()
+            .filter(|p| a.class_of(&http::Method::POST, p) != get(p))
+            .count();
+        assert!(posts > 150, "{posts}");
+        // ...and another pool (another key) groups them differently.
+        let moved = paths
+            .iter()
+            .filter(|p| b.class_of(&http::Method::GET, p) != get(p))
+            .count();
+        assert!(moved > 150, "{moved}");
     }
 }

@@ -169,6 +169,11 @@ impl Pool {
         }
     }
 
+    /// The latency class of a request ([`Baselines::class_of`]).
+    pub fn class_of(&self, method: &http::Method, path_and_query: &str) -> u8 {
+        self.baselines.class_of(method, path_and_query)
+    }
+
     /// Chooses a backend of `snap` by its strategy, among those up, not
     /// ejected (unless the pool is in panic mode) and not yet `tried` by
     /// this request. Backends in slow start are offered with their ramp.

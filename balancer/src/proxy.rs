@@ -22,7 +22,6 @@ use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::error::ProxyError;
 use crate::health::error_chain;
-use crate::latency;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 
@@ -71,7 +70,9 @@ async fn forward(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
     let has_body = !body.is_end_stream();
-    let class = latency::class_of(&parts.method, path.as_str());
+    // A body is paced by the client: such a request is no measure of the
+    // host's speed.
+    let class = (!has_body).then(|| pool.class_of(&parts.method, path.as_str()));
     let mut pending = has_body.then_some(body);
 
     let mut rng = fastrand::Rng::new();
