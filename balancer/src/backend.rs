@@ -514,14 +514,12 @@ impl Drop for InFlight {
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);
         }
-        // Failures, abandoned and upgraded requests are no measure of the
-        // host's speed: failures are outlier detection's business.
-        if !self.complete {
-            return;
-        }
-        let Some(class) = self.class else {
-            // Answered whole but not a measure: the host is tried.
-            b.signal.touch(self.last);
+        // Failures, abandoned and upgraded requests and requests with a body
+        // are no measure of the host's speed (failures are outlier
+        // detection's business), but the host has been tried: a backend
+        // that only ever fails must not stay first in line as untried.
+        let Some(class) = self.class.filter(|_| self.complete) else {
+            b.signal.touch();
             return;
         };
         // The host's speed, not its queue: a request that shared the CPUs
@@ -703,6 +701,13 @@ mod tests {
         assert!(!c.signal.untried());
         assert_eq!(c.stats().service, 0.0);
         assert_eq!(c.stats().slowness, 1.0);
+
+        // A failed attempt (dropped before its head) is tried as well, so a
+        // backend that only ever fails does not stay first in line.
+        let d = Arc::new(backend(2, 2));
+        drop(d.start_request(Some(0)));
+        assert!(!d.signal.untried());
+        assert_eq!(d.stats().service, 0.0);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //!   towards 1 with [`SLOWNESS_HALF_LIFE`] so an avoided host is tried
 //!   again.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -119,11 +119,6 @@ impl Decaying {
             value: AtomicU64::new(value.to_bits()),
             at: AtomicU64::new(1),
         }
-    }
-
-    /// Whether it still holds its [`Decaying::prior`], with no sample.
-    pub fn is_prior(&self) -> bool {
-        self.at.load(Relaxed) == 1
     }
 
     /// A copy of `other`'s state (for a backend replaced on reload).
@@ -244,6 +239,9 @@ pub struct Signal {
     /// The average of the natural logarithm of the ratios.
     log_slowness: Decaying,
     service: Decaying,
+    /// An attempt has finished here (answered or not): the backend is no
+    /// longer untried.
+    tried: AtomicBool,
 }
 
 impl Signal {
@@ -256,6 +254,7 @@ impl Signal {
             epoch: Instant::now(),
             log_slowness: Decaying::prior(0.0),
             service: Decaying::new(),
+            tried: AtomicBool::new(false),
         }
     }
 
@@ -265,6 +264,7 @@ impl Signal {
             epoch: other.epoch,
             log_slowness: Decaying::copy_of(&other.log_slowness),
             service: Decaying::copy_of(&other.service),
+            tried: AtomicBool::new(other.tried.load(Relaxed)),
         }
     }
 
@@ -277,7 +277,12 @@ impl Signal {
     /// happened to pay for the slowest handshake.
     pub fn record(&self, baselines: &Baselines, class: u8, secs: f64, now: Instant) {
         let r = baselines.compare(class, secs, now);
-        let r = if self.untried() { 1.0 } else { r };
+        // The first answer is a warm-up (unless a failure came first).
+        let r = if self.tried.swap(true, Relaxed) {
+            r
+        } else {
+            1.0
+        };
         let t = nanos_since(self.epoch, now);
         let max = MAX_SAMPLE_WEIGHT;
         self.log_slowness
@@ -296,20 +301,17 @@ impl Signal {
         })
     }
 
-    /// The backend answered a request whole that is no measure of its
-    /// speed: it is no longer untried, its slowness is left as it is.
-    pub fn touch(&self, now: Instant) {
-        if self.untried() {
-            let t = nanos_since(self.epoch, now);
-            self.log_slowness
-                .observe(0.0, t, SLOWNESS_HALF_LIFE, MAX_SAMPLE_WEIGHT);
-        }
+    /// The backend finished an attempt that is no measure of its speed (a
+    /// failure, a request with a body): it is no longer untried, its
+    /// slowness is left as it is.
+    pub fn touch(&self) {
+        self.tried.store(true, Relaxed);
     }
 
-    /// Whether the backend has never answered a request whole: it has not
-    /// been compared with its peers yet.
+    /// Whether no attempt has finished on the backend yet: it has not been
+    /// compared with its peers.
     pub fn untried(&self) -> bool {
-        self.log_slowness.is_prior()
+        !self.tried.load(Relaxed)
     }
 
     /// The mean service time in seconds (0: none measured).

@@ -34,7 +34,7 @@ pub struct View {
     /// ranked backends take turns in proportion to their shares, as
     /// nginx's and HAProxy's least-connections go round robin among equals.
     pub pass: f64,
-    /// It has never answered a request whole and has none in flight:
+    /// No attempt has finished there yet and none is in flight:
     /// `least-loaded` sends it one before trusting anything else about it.
     pub untried: bool,
     /// The latest load report, if one is held.
