@@ -110,9 +110,17 @@ async fn a_host_whose_agent_is_unreachable_stays_in_rotation_at_the_median() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The dark host ranks at the median of the known loads (0.5), never as
-    // idle: the host reporting 0.2 wins. (Not every request: what is sent
+    // idle: the host reporting 0.05 wins. (Not every request: what is sent
     // to it between two polls raises its estimate, by up to 0.25 at this
-    // rate, until it ties with the median and the two take turns.)
+    // rate, until it ties with the median and the two take turns. Most
+    // so in the first poll interval after a quiet spell, when the last
+    // report measured no traffic at all: so traffic runs for a few polls
+    // before it is counted, here and after the swap.)
+    let settle = || async {
+        tally(&lb.url("/"), 60).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    settle().await;
     let counts = tally(&lb.url("/"), 60).await;
     let n = |name: &str| counts.get(name).copied().unwrap_or(0);
     assert!(n("low") >= 36 && n("low") > 2 * n("dark"), "{counts:?}");
@@ -120,6 +128,7 @@ async fn a_host_whose_agent_is_unreachable_stays_in_rotation_at_the_median() {
     low.set_cpu(0.95);
     high.set_cpu(0.05);
     tokio::time::sleep(Duration::from_millis(250)).await;
+    settle().await;
     let counts = tally(&lb.url("/"), 60).await;
     let n = |name: &str| counts.get(name).copied().unwrap_or(0);
     assert!(n("high") >= 36 && n("high") > 2 * n("dark"), "{counts:?}");
