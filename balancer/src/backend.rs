@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::config::BackendConfig;
+use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
@@ -30,8 +31,14 @@ pub struct Backend {
     pub agent: SocketAddr,
     /// Relative capacity.
     pub weight: u32,
-    /// `addr` as a URI authority, built once so requests need not format it.
+    /// `addr` as a URI authority, built once so probes need not format it.
     pub authority: http::uri::Authority,
+    /// `addr` as a `Host` header, for requests that came without one
+    /// (built once, so requests need not format it).
+    pub host_header: http::HeaderValue,
+    /// The connections to it (shared with a successor that only changed
+    /// weight or agent, so they stay warm).
+    pub conns: Arc<Conns>,
     /// Health: bit 31 is "up", the low bits HAProxy's check counter.
     health: AtomicU32,
     /// Requests currently open (until the response body ends).
@@ -115,6 +122,9 @@ impl Backend {
                 .to_string()
                 .parse()
                 .expect("a socket address is a valid authority"),
+            host_header: http::HeaderValue::from_str(&cfg.addr.to_string())
+                .expect("a socket address is a valid header value"),
+            conns: Arc::new(Conns::new(cfg.addr)),
             health: AtomicU32::new(UP | (rise + fall - 1)),
             in_flight: AtomicU32::new(0),
             busy: AtomicU32::new(0),
@@ -146,6 +156,7 @@ impl Backend {
             born: old.born,
             outlier: Detector::carried(&old.outlier),
             slow_start: SlowStart::carried(&old.slow_start),
+            conns: Arc::clone(&old.conns),
             ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {

@@ -45,6 +45,8 @@ pub struct Config {
     pub admin: Admin,
     /// Passive ejection of backends failing live traffic.
     pub outlier: Outlier,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 /// One backend as configured.
@@ -157,6 +159,14 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish
     /// (extension, default 10 s).
     pub drain: Duration,
+}
+
+/// `[limits]` (0 means no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Connections open to one backend at most; at the cap a request waits
+    /// up to `timeouts.connect` for one to free up.
+    pub max_conns_per_backend: u32,
 }
 
 /// `[admin]`.
@@ -421,6 +431,15 @@ fn validate(raw: RawConfig) -> Check<Config> {
         },
     };
 
+    let limits = Limits {
+        max_conns_per_backend: int_in(
+            &raw.limits.max_conns_per_backend,
+            "[limits] max_conns_per_backend",
+            0,
+            0..=1_000_000,
+        )? as u32,
+    };
+
     Ok(Config {
         listen,
         backends,
@@ -431,6 +450,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
         timeouts,
         admin,
         outlier,
+        limits,
     })
 }
 

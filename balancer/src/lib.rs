@@ -5,7 +5,9 @@
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
 //! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
 //!   timeouts, graceful drain.
-//! - [`proxy`]: one request: pick, rewrite, forward, retry, respond.
+//! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
+//!   [`conns`]: the connections to each backend (reused, capped, driven by
+//!   the request itself); [`request_body`]: the body sent upstream.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot;
@@ -29,6 +31,7 @@ pub mod backend;
 pub mod budget;
 pub mod compress;
 pub mod config;
+pub mod conns;
 pub mod error;
 pub mod health;
 pub mod latency;
@@ -37,6 +40,7 @@ pub mod outcome;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
+pub mod request_body;
 pub mod select;
 pub mod server;
 pub mod slow_start;

@@ -9,6 +9,8 @@ use std::fmt;
 
 use http::StatusCode;
 
+use crate::conns::{ConnectError, SendError};
+
 /// The result of one attempt, as far as the backend is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -27,32 +29,34 @@ pub enum Outcome {
     Protocol,
     /// No response head within `timeouts.request`.
     Timeout,
+    /// Every connection this balancer may open to the backend
+    /// (`[limits] max_conns_per_backend`) stayed busy while the request
+    /// waited: our limit, not the backend's failure.
+    Saturated,
     /// The attempt failed through the client's fault (its request body
     /// broke off): it says nothing about the backend.
     Client,
 }
 
 impl Outcome {
-    /// Classifies a failed exchange with the pooled client.
-    pub fn of_error(err: &hyper_util::client::legacy::Error) -> Outcome {
-        if err.is_connect() {
-            return Outcome::ConnectFailed {
-                refused: io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused),
-            };
-        }
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-        while let Some(c) = cause {
-            if let Some(h) = c.downcast_ref::<hyper::Error>() {
-                if h.is_user() {
-                    return Outcome::Client;
-                }
-                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                    return Outcome::Protocol;
+    /// Classifies a failed exchange.
+    pub fn of_send_error(err: &SendError) -> Outcome {
+        let h = match err {
+            SendError::Connect(ConnectError::Saturated { .. }) => return Outcome::Saturated,
+            SendError::Connect(e) => {
+                return Outcome::ConnectFailed {
+                    refused: e.is_refused(),
                 }
             }
-            cause = c.source();
+            SendError::Http(h) => h,
+        };
+        if h.is_user() {
+            Outcome::Client
+        } else if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+            Outcome::Protocol
+        } else {
+            Outcome::Reset
         }
-        Outcome::Reset
     }
 
     /// Whether this attempt counts against the backend for outlier
@@ -61,7 +65,7 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         match self {
             Outcome::Response(status) => status.is_server_error(),
-            Outcome::Client => false,
+            Outcome::Client | Outcome::Saturated => false,
             _ => true,
         }
     }
@@ -69,7 +73,10 @@ impl Outcome {
     /// Whether this is a failed exchange (no usable response at all), as
     /// the backend's `errors` counter counts them; a 5xx is a response.
     pub fn is_error(self) -> bool {
-        !matches!(self, Outcome::Response(_) | Outcome::Client)
+        !matches!(
+            self,
+            Outcome::Response(_) | Outcome::Client | Outcome::Saturated
+        )
     }
 }
 
@@ -83,20 +90,9 @@ impl fmt::Display for Outcome {
             Outcome::Protocol => f.write_str("protocol error"),
             Outcome::Timeout => f.write_str("timed out"),
             Outcome::Client => f.write_str("client went away"),
+            Outcome::Saturated => f.write_str("at its connection limit"),
         }
     }
-}
-
-/// The kind of the first I/O error in `err`'s chain.
-fn io_kind(err: &hyper_util::client::legacy::Error) -> Option<std::io::ErrorKind> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        cause = c.source();
-    }
-    None
 }
 
 #[cfg(test)]
@@ -130,6 +126,7 @@ mod tests {
             (Outcome::Protocol, true, true),
             (Outcome::Timeout, true, true),
             (Outcome::Client, false, false),
+            (Outcome::Saturated, false, false),
         ];
         for (outcome, failure, error) in table {
             assert_eq!(outcome.is_failure(), failure, "{outcome}");

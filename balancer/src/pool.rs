@@ -26,14 +26,12 @@ use hyper_util::rt::TokioExecutor;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
+use crate::conns;
 use crate::latency::Baselines;
 use crate::outcome::Outcome;
-use crate::proxy::UpstreamBody;
 use crate::select::{self, Pick, View};
 use crate::{agent_poll, health, outlier};
 
-/// The client that carries proxied requests: pooled keep-alive HTTP/1.1.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 /// The client used by health probes and agent polls.
 pub type MonitorClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -46,9 +44,6 @@ pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
     /// Weighted round-robin order over `backends`.
     pub schedule: Vec<u32>,
-    /// The pooled client to the backends (rebuilt only when the connect
-    /// timeout changes, so a reload keeps warm connections).
-    pub client: UpstreamClient,
 }
 
 /// The live backend table and what its monitors share.
@@ -91,7 +86,6 @@ impl Pool {
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
-                client: upstream_client(&config),
                 backends: backends.clone(),
                 config,
             }),
@@ -153,15 +147,9 @@ impl Pool {
                 },
             )
             .collect();
-        let client = if config.timeouts.connect == old.config.timeouts.connect {
-            old.client.clone()
-        } else {
-            upstream_client(&config)
-        };
         self.current.store(Arc::new(Snapshot {
             schedule: schedule(&backends),
             backends,
-            client,
             config,
         }));
         for (i, b) in fresh.iter().enumerate() {
@@ -357,19 +345,17 @@ fn schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
     select::wrr_schedule(&weights)
 }
 
-fn upstream_client(config: &Config) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeouts.connect));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
-}
-
 fn start_monitors(pool: &Arc<Pool>, backend: &Arc<Backend>, slot: usize, of: usize) {
     health::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
     agent_poll::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
+    let conns = Arc::downgrade(&backend.conns);
+    let (pool, backend) = (Arc::downgrade(pool), Arc::downgrade(backend));
+    conns::spawn_sweeper(conns, move || {
+        let (pool, backend) = (pool.upgrade()?, backend.upgrade()?);
+        let snap = pool.snapshot();
+        let held = snap.backends.iter().any(|b| Arc::ptr_eq(b, &backend));
+        held.then_some(snap.config.timeouts.idle)
+    });
 }
 
 #[cfg(test)]

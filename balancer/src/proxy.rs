@@ -7,12 +7,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -20,10 +20,12 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
+use crate::conns::{self, Lease, ResponseBody};
 use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
+use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
 
 /// The hyper service function: every outcome is a response.
 pub async fn serve(
@@ -60,11 +62,7 @@ async fn forward(
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, peer, host);
-    let path: PathAndQuery = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = origin_form(&parts.uri);
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
@@ -72,8 +70,13 @@ async fn forward(
     let has_body = !body.is_end_stream();
     // A body is paced by the client: such a request is no measure of the
     // host's speed.
-    let class = (!has_body).then(|| pool.class_of(&parts.method, path.as_str()));
+    let path = target.path_and_query().map_or("/", PathAndQuery::as_str);
+    let class = (!has_body).then(|| pool.class_of(&parts.method, path));
     let mut pending = has_body.then_some(body);
+    let settings = conns::Settings {
+        connect: config.timeouts.connect,
+        max: config.limits.max_conns_per_backend,
+    };
 
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
@@ -92,38 +95,54 @@ async fn forward(
         let backend = &snap.backends[i];
         let guard = backend.start_request(class);
 
-        let slot = pending
-            .take()
-            .map(|b| Arc::new(BodySlot(Mutex::new(Some(b)))));
+        let slot = pending.take().map(BodySlot::new);
         let mut out = Request::new(match &slot {
             Some(s) => UpstreamBody::Slot(SlotBody::new(Arc::clone(s))),
             None => UpstreamBody::Empty,
         });
         *out.method_mut() = parts.method.clone();
         *out.version_mut() = Version::HTTP_11;
-        // Kept for a retry, except on the last attempt: nothing follows it.
-        *out.headers_mut() = if attempt == attempts {
-            std::mem::take(&mut parts.headers)
-        } else {
+        *out.uri_mut() = target.clone();
+        // A request that fails before it is written comes back whole; the
+        // headers are copied only for a retry after one that went out.
+        let may_resend = idempotent && !has_body && attempt < attempts;
+        *out.headers_mut() = if may_resend {
             parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(backend.authority.clone());
-        uri.path_and_query = Some(path.clone());
-        *out.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+        if !out.headers().contains_key(header::HOST) {
+            out.headers_mut()
+                .insert(header::HOST, backend.host_header.clone());
+        }
 
         let timeout = config.timeouts.request;
-        let result = tokio::time::timeout(timeout, snap.client.request(out)).await;
+        let sent = tokio::time::timeout(timeout, async {
+            if upgrade {
+                backend
+                    .conns
+                    .send_upgrade(settings, out)
+                    .await
+                    .map(|r| (r, None))
+            } else {
+                backend
+                    .conns
+                    .send(settings, out)
+                    .await
+                    .map(|(r, l)| (r, Some(l)))
+            }
+        })
+        .await;
         // A body hyper never started to read can go to another backend.
-        pending = slot.and_then(|s| s.0.lock().ok().and_then(|mut b| b.take()));
+        pending = slot.and_then(|s| s.take());
         let body_sent = has_body && pending.is_none();
 
-        let err = match result {
-            Ok(Ok(resp)) => {
+        let err = match sent {
+            Ok(Ok((resp, lease))) => {
                 pool.report(&snap, i, Outcome::Response(resp.status()), None);
                 return Ok(respond(
                     resp,
+                    lease,
                     guard,
                     &parts.method,
                     accepted,
@@ -131,7 +150,7 @@ async fn forward(
                     client_upgrade,
                 ));
             }
-            Ok(Err(err)) => err,
+            Ok(Err(failed)) => failed,
             Err(_) => {
                 let e = ProxyError::Timeout {
                     addr: backend.addr,
@@ -141,10 +160,13 @@ async fn forward(
                 return Err(e);
             }
         };
-        let why = error_chain(&err);
-        let outcome = Outcome::of_error(&err);
+        if let Some(back) = err.request {
+            parts.headers = back.into_parts().0.headers;
+        }
+        let why = error_chain(&err.error);
+        let outcome = Outcome::of_send_error(&err.error);
         pool.report(&snap, i, outcome, Some(why.clone()));
-        if let Outcome::ConnectFailed { .. } = outcome {
+        if let Outcome::ConnectFailed { .. } | Outcome::Saturated = outcome {
             last_error = ProxyError::Connect {
                 addr: backend.addr,
                 why,
@@ -165,9 +187,24 @@ async fn forward(
     Err(last_error)
 }
 
+/// The request target as sent to a backend: origin-form (`/path?query`),
+/// whatever form the client used (HTTP/2 and absolute-form requests carry
+/// a scheme and authority, which `Host` conveys instead).
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
+        return uri.clone();
+    }
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
 /// Shapes the backend's response for the client.
 fn respond(
     mut resp: Response<Incoming>,
+    lease: Option<Lease>,
     mut guard: InFlight,
     method: &Method,
     accepted: compress::Accepted,
@@ -185,6 +222,7 @@ fn respond(
         }
     }
     let (mut parts, body) = resp.into_parts();
+    let body = ResponseBody::new(body, lease);
     strip_hop_by_hop(&mut parts.headers, false);
     let decision = compress::decide(method, accepted, parts.status, &parts.headers, settings);
     compress::rewrite_headers(&decision, &mut parts.headers);
@@ -315,84 +353,6 @@ fn authority_as_host(uri: &Uri) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-/// A request body that hyper may or may not start sending. Until its first
-/// poll the client's body stays in the shared slot, so that after a connect
-/// failure the proxy can take it back and try another backend: a body is
-/// never sent to two backends, but one that never left can be re-routed.
-/// The slot's mutex is per request and uncontended.
-#[derive(Debug)]
-pub struct BodySlot(Mutex<Option<Incoming>>);
-
-/// The sending side of a [`BodySlot`].
-#[derive(Debug)]
-pub struct SlotBody {
-    slot: Arc<BodySlot>,
-    taken: Option<Incoming>,
-    hint: SizeHint,
-}
-
-impl SlotBody {
-    fn new(slot: Arc<BodySlot>) -> SlotBody {
-        let hint = slot
-            .0
-            .lock()
-            .ok()
-            .and_then(|b| b.as_ref().map(Body::size_hint))
-            .unwrap_or_default();
-        SlotBody {
-            slot,
-            taken: None,
-            hint,
-        }
-    }
-}
-
-/// What the proxy sends to a backend.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    /// No body (most requests).
-    Empty,
-    /// The client's body, streamed.
-    Slot(SlotBody),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Slot(s) => {
-                if s.taken.is_none() {
-                    s.taken = s.slot.0.lock().ok().and_then(|mut b| b.take());
-                }
-                match &mut s.taken {
-                    Some(body) => Pin::new(body).poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Slot(s) => s.taken.as_ref().is_some_and(Body::is_end_stream),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Slot(s) => s.taken.as_ref().map_or(s.hint, Body::size_hint),
-        }
-    }
-}
-
 /// A response body that keeps its request counted in flight until its last
 /// byte has been read (not when the head arrives), as linkerd's
 /// `PendingUntilEos` does, and tells the guard whose turn it is: a poll
@@ -446,9 +406,9 @@ pub enum ProxyBody {
     /// A body the proxy made itself (errors, the upgrade handshake).
     Full(Option<Bytes>),
     /// The backend's body, passed through.
-    Upstream(Guarded<Incoming>),
+    Upstream(Guarded<ResponseBody>),
     /// The backend's body, compressed on the fly.
-    Compressed(Compressed<Guarded<Incoming>>),
+    Compressed(Compressed<Guarded<ResponseBody>>),
 }
 
 impl Body for ProxyBody {

@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) outlier: RawOutlier,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -160,4 +162,10 @@ pub(super) struct RawOutlier {
     pub(super) consecutive_failures: Option<Spanned<i64>>,
     pub(super) base_ejection: Option<Spanned<String>>,
     pub(super) max_ejected_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_conns_per_backend: Option<Spanned<i64>>,
 }
