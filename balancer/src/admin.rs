@@ -110,6 +110,8 @@ pub fn status(pool: &Pool) -> serde_json::Value {
                 "ejected_for_ms": ejected_for.map(|d| d.as_millis() as u64),
                 "ejections": ejections,
                 "slow_start": b.ramp(now, slow_start),
+                "conns_open": b.conns.open(),
+                "conns_idle": b.conns.idle(),
             })
         })
         .collect();
@@ -127,7 +129,7 @@ fn metrics(pool: &Pool) -> String {
     let snap = pool.snapshot();
     let now = tokio::time::Instant::now();
     let mut out = String::new();
-    let series: [(&str, &str, &str); 10] = [
+    let series: [(&str, &str, &str); 12] = [
         ("lb_backend_up", "gauge", "1 if the backend is healthy"),
         ("lb_backend_in_flight", "gauge", "requests in flight"),
         ("lb_backend_requests_total", "counter", "requests sent"),
@@ -145,6 +147,16 @@ fn metrics(pool: &Pool) -> String {
             "1 while outlier ejection keeps the backend out",
         ),
         ("lb_backend_ejections_total", "counter", "outlier ejections"),
+        (
+            "lb_backend_connections",
+            "gauge",
+            "connections open to the backend (in use or idle)",
+        ),
+        (
+            "lb_backend_connections_idle",
+            "gauge",
+            "idle connections kept open to the backend",
+        ),
         (
             "lb_backend_slow_start",
             "gauge",
@@ -166,6 +178,8 @@ fn metrics(pool: &Pool) -> String {
                 "lb_backend_ejected" => Some(f64::from(u8::from(b.is_ejected(now)))),
                 "lb_backend_ejections_total" => Some(b.ejection(now).1 as f64),
                 "lb_backend_slow_start" => b.ramp(now, snap.config.balance.slow_start),
+                "lb_backend_connections" => Some(b.conns.open() as f64),
+                "lb_backend_connections_idle" => Some(b.conns.idle() as f64),
                 _ => Some(f64::from(b.weight)),
             };
             if let Some(v) = value {

@@ -55,6 +55,10 @@ use crate::request_body::UpstreamBody;
 
 type Conn = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
+/// Whether hyper sends a request's head and body parts with one `writev`
+/// rather than copying them into one buffer for a `write`.
+const WRITEV: bool = false;
+
 /// How often idle connections past their time are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -365,6 +369,7 @@ impl Conns {
         };
         let _ = stream.set_nodelay(true);
         http1::Builder::new()
+            .writev(WRITEV)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)

@@ -27,13 +27,35 @@ use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
 
+/// The client at the other end of a connection, with what every request
+/// on it sends upstream about it, formatted once per connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its IP as an `X-Forwarded-For` value.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip().to_canonical().to_string();
+        Peer {
+            addr,
+            forwarded_for: HeaderValue::from_str(&ip)
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
 /// The hyper service function: every outcome is a response.
 pub async fn serve(
     pool: Arc<Pool>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&pool, req, peer)
+    Ok(forward(&pool, req, &peer)
         .await
         .unwrap_or_else(ProxyError::into_response))
 }
@@ -41,7 +63,7 @@ pub async fn serve(
 async fn forward(
     pool: &Pool,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Refused(
@@ -282,6 +304,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// being tunnelled — `Upgrade`. For an upgrade, `Connection: upgrade` is
 /// put back so the next hop sees the handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (standard
+    // ones compare as integers) saves a hash lookup per name.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -312,16 +339,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether `name` may be a hop-by-hop header: one of the fixed list, or
+/// `Connection` (which can name others).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Appends the client's address to `X-Forwarded-For` and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`; keeps (or, for HTTP/2,
 /// creates from the authority) the client's `Host`.
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
+fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_canonical().to_string();
+    let ip = peer.forwarded_for.to_str().unwrap_or_default();
     let mut prior = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
-    let value = match (prior.next(), prior.next()) {
-        (None, _) => ip,
-        (Some(one), None) => format!("{one}, {ip}"),
+    let appended = match (prior.next(), prior.next()) {
+        // The usual case, the client is the first hop: no formatting.
+        (None, _) => None,
+        (Some(one), None) => Some(format!("{one}, {ip}")),
         (Some(first), Some(second)) => {
             let mut all = format!("{first}, {second}");
             for more in prior {
@@ -329,12 +369,19 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderV
                 all.push_str(more);
             }
             all.push_str(", ");
-            all.push_str(&ip);
-            all
+            all.push_str(ip);
+            Some(all)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(XFF, v);
+    match appended {
+        None => {
+            headers.insert(XFF, peer.forwarded_for.clone());
+        }
+        Some(value) => {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(XFF, v);
+            }
+        }
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -504,16 +551,39 @@ mod tests {
         let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
         let mut h = headers(&[("host", "shop.example"), ("x-forwarded-for", "203.0.113.1")]);
         let host = h.get("host").cloned();
-        add_forwarded(&mut h, peer, host);
+        add_forwarded(&mut h, &Peer::new(peer), host);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["host"], "shop.example");
 
         let mut h = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "b")]);
-        add_forwarded(&mut h, "[::ffff:10.1.2.3]:1".parse().unwrap(), None);
+        add_forwarded(
+            &mut h,
+            &Peer::new("[::ffff:10.1.2.3]:1".parse().unwrap()),
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], "a, b, 10.1.2.3");
+        let mut h = headers(&[]);
+        add_forwarded(&mut h, &Peer::new("[::1]:1".parse().unwrap()), None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        let mut h = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "b")]);
+        add_forwarded(&mut h, &Peer::new("10.1.2.3:1".parse().unwrap()), None);
         assert_eq!(h["x-forwarded-for"], "a, b, 10.1.2.3");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn requests_go_upstream_in_origin_form() {
+        for (target, sent) in [
+            ("/a?b=1", "/a?b=1"),
+            ("http://api.example:8080/x?y", "/x?y"),
+            ("http://api.example", "/"),
+            ("*", "*"),
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            assert_eq!(origin_form(&uri).to_string(), sent, "{target}");
+        }
     }
 
     #[test]
@@ -522,7 +592,7 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(
             &mut h,
-            "127.0.0.1:1".parse().unwrap(),
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
             authority_as_host(&uri),
         );
         assert_eq!(h["host"], "api.example:8080");

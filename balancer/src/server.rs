@@ -68,11 +68,13 @@ fn connection(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, graceful: &
     });
     let pool = Arc::clone(pool);
     let requests = Arc::clone(&activity);
+    let client = Arc::new(proxy::Peer::new(peer));
     let service = service_fn(move |req| {
         let busy = Busy::new(&requests);
         let pool = Arc::clone(&pool);
+        let client = Arc::clone(&client);
         async move {
-            let resp = proxy::serve(pool, req, peer).await?;
+            let resp = proxy::serve(pool, req, client).await?;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
         }
     });

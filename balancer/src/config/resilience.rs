@@ -129,8 +129,12 @@ impl super::Config {
                 humantime::format_duration(self.balance.slow_start)
             )
         };
+        let conns = match self.limits.max_conns_per_backend {
+            0 => "no cap on connections per backend".to_owned(),
+            n => format!("at most {n} connections per backend"),
+        };
         format!(
-            "{outlier}; {slow}; retry budget {}% of requests",
+            "{outlier}; {slow}; retry budget {}% of requests; {conns}",
             self.balance.retry_budget * 100.0
         )
     }

@@ -312,3 +312,26 @@ fn resilience_errors_name_the_key_and_the_valid_range() {
         }
     }
 }
+
+#[test]
+fn max_conns_per_backend_defaults_to_no_cap_and_parses() {
+    assert_eq!(parse(MINIMAL).unwrap().limits.max_conns_per_backend, 0);
+    let c = parse(&format!("{MINIMAL}[limits]\nmax_conns_per_backend = 64\n")).unwrap();
+    assert_eq!(c.limits.max_conns_per_backend, 64);
+    for (tail, wants) in [
+        (
+            "[limits]\nmax_conns_per_backend = -1\n",
+            &["lb.toml:4:25", "[limits] max_conns_per_backend", "-1", "0..1000000"][..],
+        ),
+        (
+            "[limits]\nmax_conns_per_backend = \"many\"\n",
+            &["lb.toml:4", "max_conns_per_backend"][..],
+        ),
+    ] {
+        let text = format!("{MINIMAL}{tail}");
+        let e = parse(&text).expect_err(&text);
+        for want in wants {
+            assert!(e.contains(want), "error for {text:?}\n{e}\nlacks {want:?}");
+        }
+    }
+}
