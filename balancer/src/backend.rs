@@ -481,6 +481,14 @@ impl InFlight {
         &self.backend
     }
 
+    /// The request went out on a connection at `at`: the backend's time
+    /// starts there, not while a connection was opened or waited for
+    /// (connecting is the network's and our own time, and a fresh
+    /// connection would read as a slow host).
+    pub fn sent(&mut self, at: Instant) {
+        self.start = at;
+    }
+
     /// The response head arrived: the wait on the backend ends; what
     /// follows is paced by the client until the body waits again.
     pub fn head_arrived(&mut self, now: Instant) {

@@ -19,8 +19,10 @@
 //!   exchange, so it runs in a task of its own and is never reused).
 //! - **Idle connections are a stack per worker thread** (LIFO: the most
 //!   recently used is the warmest and the least likely to have been closed
-//!   by the backend), so two threads do not take turns on one lock; a
-//!   thread with none takes from another's before opening a new one.
+//!   by the backend), so two threads do not take turns on one lock, and a
+//!   connection stays with the worker runtime whose I/O driver it is
+//!   registered with. A thread takes from another's stack only when the
+//!   cap forbids opening one.
 //! - **Open connections are capped** (`[limits] max_conns_per_backend`).
 //!   At the cap a request waits for one to come back or close, up to the
 //!   connect timeout, then fails over to another backend (the backend is
@@ -58,6 +60,10 @@ type Conn = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 /// Whether hyper sends a request's head and body parts with one `writev`
 /// rather than copying them into one buffer for a `write`.
 const WRITEV: bool = false;
+
+/// Idle stacks per backend: one per thread that serves requests (threads
+/// beyond this many share).
+const SHARDS: usize = 64;
 
 /// How often idle connections past their time are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -209,10 +215,9 @@ static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 impl Conns {
     /// No connections yet to `addr`.
     pub fn new(addr: SocketAddr) -> Conns {
-        let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
         Conns {
             addr,
-            shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             open: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -332,12 +337,17 @@ impl Conns {
     ) -> Result<Got, ConnectError> {
         loop {
             if reuse {
-                if let Some(live) = self.pop() {
+                if let Some(live) = self.pop(false) {
                     return Ok(Got::Idle(live));
                 }
             }
             if let Some(slot) = self.reserve(settings.max) {
                 return Ok(Got::New(slot));
+            }
+            if reuse {
+                if let Some(live) = self.pop(true) {
+                    return Ok(Got::Idle(live));
+                }
             }
             // At the cap. Register before looking again, so that a
             // connection freed in between is not missed.
@@ -384,15 +394,22 @@ impl Conns {
             .map(|_| Slot(Arc::downgrade(self)))
     }
 
-    /// The most recently used idle connection: this thread's first, then
-    /// any other thread's.
-    fn pop(&self) -> Option<Live> {
+    /// The most recently used idle connection of this thread's stack or,
+    /// with `steal`, of any thread's.
+    ///
+    /// A connection belongs to the runtime that opened it (its socket is
+    /// registered with that runtime's I/O driver), so one taken from
+    /// another worker's stack would wake that worker's thread on every read
+    /// for the rest of its life: stealing is for when the cap forbids
+    /// opening one of our own.
+    fn pop(&self, steal: bool) -> Option<Live> {
         if self.idle.load(Relaxed) == 0 {
             return None;
         }
         let n = self.shards.len();
         let me = SHARD.with(|s| *s) % n;
-        for k in 0..n {
+        let tries = if steal { n } else { 1 };
+        for k in 0..tries {
             let found = self.shards[(me + k) % n]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -464,6 +481,9 @@ pub struct Lease {
     live: Option<Live>,
     /// Whether the connection had served an exchange before this one.
     pub reused: bool,
+    /// When the request was handed to the connection (after any connect
+    /// or wait at the cap).
+    pub sent_at: Instant,
 }
 
 impl std::fmt::Debug for Lease {
@@ -479,6 +499,7 @@ impl Lease {
         Lease {
             live: Some(live),
             reused,
+            sent_at: Instant::now(),
         }
     }
 

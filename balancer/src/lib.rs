@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
 //! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
-//!   timeouts, graceful drain.
+//!   timeouts, graceful drain; [`workers`]: the same on N threads, one
+//!   single-threaded runtime each.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
@@ -44,6 +45,7 @@ pub mod request_body;
 pub mod select;
 pub mod server;
 pub mod slow_start;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,19 +95,52 @@ impl Balancer {
 
     /// Serves clients on `listener` and the admin endpoints on `admin`
     /// until `shutdown` resolves; then stops accepting, lets in-flight
-    /// requests finish (up to `timeouts.drain`) and returns.
+    /// requests finish (up to `timeouts.drain`) and returns. Everything
+    /// runs on the calling runtime.
     pub async fn serve(
         &self,
         listener: TcpListener,
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
+        let serving = server::serve(listener, Arc::clone(&self.pool), shutdown);
+        self.serve_admin_until(admin, serving).await;
+    }
+
+    /// As [`Balancer::serve`], with client connections served by `workers`
+    /// threads, each running its own single-threaded runtime (see
+    /// [`workers`]). The calling runtime keeps the acceptor, the health
+    /// probes, the agent polls and the admin listener.
+    ///
+    /// # Errors
+    ///
+    /// When a worker thread cannot be started.
+    pub async fn serve_workers(
+        &self,
+        workers: usize,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        if workers <= 1 {
+            self.serve(listener, admin, shutdown).await;
+            return Ok(());
+        }
+        let serving = workers::serve(workers, listener, Arc::clone(&self.pool), shutdown);
+        let mut result = Ok(());
+        self.serve_admin_until(admin, async { result = serving.await })
+            .await;
+        result
+    }
+
+    /// Serves the admin endpoints until `until` resolves.
+    async fn serve_admin_until(&self, admin: TcpListener, until: impl Future<Output = ()>) {
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(());
         let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&self.pool), async move {
             let mut rx = admin_stopped;
             let _ = rx.changed().await;
         }));
-        server::serve(listener, Arc::clone(&self.pool), shutdown).await;
+        until.await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
     }

@@ -20,7 +20,7 @@ struct Args {
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     check: bool,
-    /// Worker threads (default: one per CPU).
+    /// Worker threads serving client connections (default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<std::num::NonZeroUsize>,
 }
@@ -52,28 +52,27 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    // One thread: a current-thread runtime, like one nginx or HAProxy
-    // worker (no work-stealing queues, no cross-thread wake-ups).
-    let mut runtime = match args.threads.map(std::num::NonZeroUsize::get) {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match runtime.enable_all().build() {
+    // Client connections are served by `workers` threads, each with its own
+    // single-threaded runtime (see `Balancer::serve_workers`); this thread
+    // runs the probes, agent polls, the admin listener and the signals.
+    let workers = args
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("balancer: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(args.config, config))
+    runtime.block_on(serve(args.config, config, workers))
 }
 
-async fn serve(path: PathBuf, config: Config) -> ExitCode {
+async fn serve(path: PathBuf, config: Config, workers: usize) -> ExitCode {
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -95,7 +94,7 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
     };
 
     tracing::info!(
-        "listening on {} (admin on {}), {} backend(s), strategy {}",
+        "listening on {} (admin on {}), {} backend(s), strategy {}, {workers} worker thread(s)",
         config.listen,
         config.admin.listen,
         config.backends.len(),
@@ -108,11 +107,17 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     };
-    let serving = balancer.serve(listener, admin, shutdown);
+    let serving = balancer.serve_workers(workers, listener, admin, shutdown);
     tokio::pin!(serving);
     loop {
         tokio::select! {
-            () = &mut serving => return ExitCode::SUCCESS,
+            served = &mut serving => return match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("balancer: cannot start the workers: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             _ = hup.recv() => match Config::load(&path) {
                 Ok(config) => balancer.reload(config),
                 Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),

@@ -233,6 +233,9 @@ fn respond(
     settings: &compress::Settings,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
+    if let Some(lease) = &lease {
+        guard.sent(lease.sent_at);
+    }
     guard.head_arrived(tokio::time::Instant::now());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {

@@ -35,19 +35,32 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => connection(stream, peer, &pool, &graceful),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // rather than spin; the listener itself stays usable.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            (stream, peer) = accept(&listener) => connection(stream, peer, &pool, &graceful),
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drain(&pool, graceful).await;
+}
+
+/// The next connection on `listener`. Out of file descriptors and the
+/// like: it backs off briefly rather than spin (the listener itself stays
+/// usable) and tries again.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Gives the connections `graceful` watches `timeouts.drain` to finish
+/// their requests, then lets the rest be dropped.
+pub(crate) async fn drain(pool: &Pool, graceful: GracefulShutdown) {
     let drain = pool.snapshot().config.timeouts.drain;
     tracing::info!("shutting down: draining in-flight requests (up to {drain:?})");
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -58,7 +71,12 @@ pub(crate) async fn serve(
     }
 }
 
-fn connection(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, graceful: &GracefulShutdown) {
+pub(crate) fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pool: &Arc<Pool>,
+    graceful: &GracefulShutdown,
+) {
     let _ = stream.set_nodelay(true);
     let timeouts = pool.snapshot().config.timeouts;
     let activity = Arc::new(Activity::default());
