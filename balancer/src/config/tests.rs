@@ -321,7 +321,12 @@ fn max_conns_per_backend_defaults_to_no_cap_and_parses() {
     for (tail, wants) in [
         (
             "[limits]\nmax_conns_per_backend = -1\n",
-            &["lb.toml:4:25", "[limits] max_conns_per_backend", "-1", "0..1000000"][..],
+            &[
+                "lb.toml:4:25",
+                "[limits] max_conns_per_backend",
+                "-1",
+                "0..1000000",
+            ][..],
         ),
         (
             "[limits]\nmax_conns_per_backend = \"many\"\n",
