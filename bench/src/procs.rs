@@ -281,6 +281,14 @@ impl CpuTimes {
     pub fn total(self) -> f64 {
         self.user + self.system
     }
+
+    /// Both parts multiplied by `k` (say, per 100,000 requests).
+    pub fn scale(self, k: f64) -> CpuTimes {
+        CpuTimes {
+            user: self.user * k,
+            system: self.system * k,
+        }
+    }
 }
 
 impl std::ops::Add for CpuTimes {
