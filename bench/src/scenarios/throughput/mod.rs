@@ -57,6 +57,9 @@ struct Figures {
     errors: u64,
     /// wrk's non-2xx/3xx responses and socket errors.
     wrk_errors: u64,
+    /// Open-loop arrivals the driver held back at its connection cap: the
+    /// target fell behind the rate, and its latency shows saturation.
+    throttled: u64,
     /// Summed over the proxy's processes (nginx's master and workers).
     peak_rss_mib: Option<f64>,
 }
@@ -192,6 +195,7 @@ async fn measure(
             f.p99.push(r.latency_ms.p99);
             f.p999.push(r.latency_ms.p999);
             f.errors += r.errors;
+            f.throttled += r.throttled;
         }
     }
     for p in &proxies {

@@ -54,8 +54,10 @@ pub(super) fn write(
          ceiling). Per N: {rounds} round(s), targets alternating, medians shown. Requests/s: closed loop, \
          {CONNS} connections, `GET /`, {secs:.1} s per run, from our driver and from `wrk -tN -c{CONNS}` \
          (whole seconds, at least 1), both every round. Latency: our driver, open loop (Poisson) at one rate \
-         per N (half the slowest proxy's requests/s), {CONNS} connections. CPU: the proxy's user and system \
-         seconds per 100,000 requests, read from `/proc` around each closed-loop run (ours and wrk's), over its whole process \
+         per N (half the slowest proxy's requests/s), at most {CONNS} connections; \"held back\" counts the \
+         arrivals that found all {CONNS} busy and waited (the target fell behind the rate, so its latency \
+         shows saturation, not service time). CPU: the proxy's user and system seconds per 100,000 \
+         requests, read from `/proc` around each closed-loop run (ours and wrk's), over its whole process \
          tree (nginx's master and workers). Peak RSS: `VmHWM` summed over the process tree. The load \
          generators share this machine's 2 cores with everything measured: compare ratios, not absolutes.",
     ));
@@ -98,6 +100,7 @@ fn tables(rep: &mut Report, pass: &Pass) {
             pass.med(k, |f| &f.p999).map_or("—".into(), ms),
             fmt(f.peak_rss_mib, 1),
             format!("{} / {}", f.errors, f.wrk_errors),
+            f.throttled.to_string(),
         ]);
         if f.cpu.is_empty() && f.wrk_cpu.is_empty() {
             continue;
@@ -125,6 +128,7 @@ fn tables(rep: &mut Report, pass: &Pass) {
             "p99.9 ms",
             "peak RSS MiB",
             "errors (driver / wrk)",
+            "held back",
         ],
         &rows,
     );
