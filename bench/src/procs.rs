@@ -2,6 +2,10 @@
 //! them with their logs in files, waiting until they answer, reading their
 //! CPU time and memory from `/proc`, and stopping them.
 //!
+//! CPU time and memory are those of the whole process tree: a child and
+//! every live process descended from it (nginx's master and its workers),
+//! plus the CPU time of descendants that exited and were reaped.
+//!
 //! Every [`Proc`] stops its process when dropped (SIGTERM, then SIGKILL
 //! after a grace period), so an error, a panic or a Ctrl-C that drops a
 //! scenario's future leaves nothing running. [`stop_all`] stops a group in
@@ -163,19 +167,26 @@ impl Proc {
         format!("; its log ({}) ends with:\n  {tail}", log.display())
     }
 
-    /// CPU seconds used so far (user + system), from `/proc/PID/stat`.
+    /// CPU seconds used so far (user + system) by the process tree.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.pid())
+        self.cpu_times().map(CpuTimes::total)
     }
 
-    /// Resident memory now, in bytes (`VmRSS`).
+    /// CPU time used so far by the process tree, user and system apart.
+    pub fn cpu_times(&self) -> Option<CpuTimes> {
+        tree_cpu_times(self.pid())
+    }
+
+    /// Resident memory now, in bytes (`VmRSS`), summed over the tree.
     pub fn rss(&self) -> Option<u64> {
-        status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
+        tree_status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
     }
 
-    /// Peak resident memory so far, in bytes (`VmHWM`).
+    /// Peak resident memory so far, in bytes (`VmHWM`), summed over the
+    /// tree: for several processes an upper bound, since their peaks need
+    /// not coincide and pages shared since `fork` count in each.
     pub fn peak_rss(&self) -> Option<u64> {
-        status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
+        tree_status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
     }
 
     /// Kills it at once (SIGKILL) and reaps it: a crash, for failover.
@@ -258,23 +269,128 @@ impl Drop for Group {
     }
 }
 
-/// `utime + stime` of a process in seconds (clock ticks assumed 100/s, as
-/// on every mainstream Linux configuration).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU time in seconds, user and system apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// User plus system.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// Both parts multiplied by `k` (say, per 100,000 requests).
+    pub fn scale(self, k: f64) -> CpuTimes {
+        CpuTimes {
+            user: self.user * k,
+            system: self.system * k,
+        }
+    }
+}
+
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + o.user,
+            system: self.system + o.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - o.user,
+            system: self.system - o.system,
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name, which may hold
+/// spaces; `fields[0]` is the state, field 3 of stat(5).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it are fixed.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state (field 3).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    // The state is a letter (parsed as 0): kept so that `fields[i]` is
+    // field `i + 3` of stat(5).
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU time of one process (all its threads), plus that of its children
+/// that exited and were waited for (`cutime`, `cstime`), in clock ticks
+/// assumed 100/s, as on every mainstream Linux configuration.
+fn own_cpu_times(pid: u32) -> Option<CpuTimes> {
+    let f = stat_fields(pid)?;
+    // Fields 14-17 of stat(5): utime, stime, cutime, cstime.
+    let tick = |i: usize| f.get(i).map(|&t| t as f64 / 100.0);
+    Some(CpuTimes {
+        user: tick(11)? + tick(13)?,
+        system: tick(12)? + tick(14)?,
+    })
+}
+
+/// `pid` and every live process descended from it, parents first, found
+/// by one pass over `/proc/*/stat` (the parent is field 4). Processes that
+/// exit during the pass are left out.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(child).and_then(|f| f.get(1).copied()) {
+                children.entry(ppid as u32).or_default().push(child);
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Some(c) = children.get(&tree[i]) {
+            tree.extend(c);
+        }
+        i += 1;
+    }
+    tree
+}
+
+/// CPU time of `pid`'s process tree; `None` when `pid` itself is gone.
+fn tree_cpu_times(pid: u32) -> Option<CpuTimes> {
+    let own = own_cpu_times(pid)?;
+    let rest = process_tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(own_cpu_times)
+        .fold(CpuTimes::default(), |a, b| a + b);
+    Some(own + rest)
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// A `/proc/PID/status` figure summed over `pid`'s process tree; `None`
+/// when `pid` itself is gone.
+fn tree_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let own = status_kb(pid, key)?;
+    let rest: u64 = process_tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(|p| status_kb(p, key))
+        .sum();
+    Some(own + rest)
 }
 
 /// A command for one of the project's binaries, logging at `warn` so that

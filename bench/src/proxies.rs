@@ -1,6 +1,6 @@
 //! The proxies compared side by side: ours, nginx and HAProxy, each with a
 //! generated configuration in a directory under the scenario's results,
-//! one worker thread, loopback only, keep-alive to the backends (nginx
+//! one worker unless [`Opts::workers`] says more, loopback only, keep-alive to the backends (nginx
 //! `upstream keepalive` + HTTP/1.1 with `Connection ""`, HAProxy
 //! `http-reuse always`), plus "direct" (the load straight to one backend,
 //! the ceiling).
@@ -46,6 +46,17 @@ pub struct Opts {
     /// gzip at this level for compressible types of at least 1 KiB; off
     /// when `None`. (HAProxy compresses at its `tune.comp.maxlevel`.)
     pub gzip: Option<u32>,
+    /// Workers per proxy: our balancer's `--threads`, nginx's
+    /// `worker_processes`, HAProxy's `nbthread`. 0 counts as 1, so the
+    /// default is one worker.
+    pub workers: usize,
+}
+
+impl Opts {
+    /// [`Opts::workers`], at least 1.
+    pub fn workers(&self) -> usize {
+        self.workers.max(1)
+    }
 }
 
 /// A started proxy (or the direct target).
@@ -82,7 +93,7 @@ pub async fn start(
                 gzip: opts.gzip,
                 ..LbConfig::local()?
             };
-            let p = lb.start(hosts, 1, &dir, "balancer").await?;
+            let p = lb.start(hosts, opts.workers(), &dir, "balancer").await?;
             return Ok(Ok(Proxy {
                 kind,
                 addr,
@@ -131,10 +142,14 @@ pub async fn start(
 const GZIP_TYPES: &str =
     "text/plain text/html application/json application/javascript application/xml image/svg+xml";
 
-/// nginx: one process (no master), one worker, no access log, temp files
-/// in `dir`, keep-alive both ways without a per-connection request cap.
+/// nginx: for one worker one process (no master); for more a master
+/// (which forks the worker processes; their CPU and memory count through
+/// the process tree). No access log, temp files in `dir`, keep-alive both
+/// ways without a per-connection request cap.
 fn nginx_conf(addr: SocketAddr, hosts: &[Host], dir: &Path, opts: Opts) -> String {
     let d = dir.display();
+    let workers = opts.workers();
+    let master = if workers > 1 { "on" } else { "off" };
     let nofile = crate::procs::nofile_hard_limit()
         .unwrap_or(20_000)
         .min(200_000);
@@ -152,7 +167,7 @@ fn nginx_conf(addr: SocketAddr, hosts: &[Host], dir: &Path, opts: Opts) -> Strin
         "    gzip off;\n".to_string()
     };
     format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\n\
+        "daemon off;\nmaster_process {master};\nworker_processes {workers};\nworker_rlimit_nofile {nofile};\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\n\
          events {{\n    worker_connections {conns};\n}}\n\n\
          http {{\n    access_log off;\n    client_body_temp_path {d}/client_body;\n    \
@@ -164,7 +179,7 @@ fn nginx_conf(addr: SocketAddr, hosts: &[Host], dir: &Path, opts: Opts) -> Strin
     )
 }
 
-/// HAProxy: one thread, round robin, connections to backends reused
+/// HAProxy: [`Opts::workers`] threads, round robin, connections to backends reused
 /// across clients (`http-reuse always`), no health checks (nginx has none
 /// either), no logging.
 fn haproxy_conf(addr: SocketAddr, hosts: &[Host], opts: Opts) -> String {
@@ -174,13 +189,14 @@ fn haproxy_conf(addr: SocketAddr, hosts: &[Host], opts: Opts) -> String {
     }
     let maxlevel = opts.gzip.unwrap_or(1);
     let maxconn = crate::procs::max_proxy_conns();
+    let nbthread = opts.workers();
     let gzip = if opts.gzip.is_some() {
         format!("    compression algo gzip\n    compression type {GZIP_TYPES}\n")
     } else {
         String::new()
     };
     format!(
-        "global\n    nbthread 1\n    maxconn {maxconn}\n    tune.comp.maxlevel {maxlevel}\n\n\
+        "global\n    nbthread {nbthread}\n    maxconn {maxconn}\n    tune.comp.maxlevel {maxlevel}\n\n\
          defaults\n    mode http\n    option http-keep-alive\n    timeout connect 1s\n    \
          timeout client 60s\n    timeout server 30s\n    timeout http-keep-alive 60s\n\n\
          frontend fe\n    bind {addr}\n{gzip}    default_backend be\n\n\

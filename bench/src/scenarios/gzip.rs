@@ -53,8 +53,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
             &[Kind::Ours, Kind::Nginx]
         };
         let dir = work.join(format!("level{level}"));
-        let (proxies, skip) =
-            start_proxies(kinds, &cluster.hosts, &dir, Opts { gzip: Some(level) }).await?;
+        let (proxies, skip) = start_proxies(
+            kinds,
+            &cluster.hosts,
+            &dir,
+            Opts {
+                gzip: Some(level),
+                ..Opts::default()
+            },
+        )
+        .await?;
         skipped.extend(skip);
         for round in 1..=rounds {
             for (body, path) in BODIES {

@@ -52,8 +52,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     let mut skipped = Vec::new();
     for kind in [Kind::Ours, Kind::Nginx, Kind::Haproxy] {
         // One proxy at a time: the others' memory is not under test.
-        let (mut proxies, skip) =
-            start_proxies(&[kind], &cluster.hosts, &work, Opts { gzip: Some(6) }).await?;
+        let (mut proxies, skip) = start_proxies(
+            &[kind],
+            &cluster.hosts,
+            &work,
+            Opts {
+                gzip: Some(6),
+                ..Opts::default()
+            },
+        )
+        .await?;
         skipped.extend(skip);
         let Some(p) = proxies.pop() else { continue };
         let Some(pr) = p.proc.as_ref() else { continue };
