@@ -275,7 +275,7 @@ impl Conns {
                     }
                 }
                 Got::New(slot) => {
-                    let (send, conn) = match self.open_conn(settings, deadline).await {
+                    let (send, conn) = match Box::pin(self.open_conn(settings, deadline)).await {
                         Ok(c) => c,
                         Err(e) => return Err(Failed::before_sending(e, req)),
                     };
@@ -311,7 +311,7 @@ impl Conns {
             Ok(Got::Idle(_)) => unreachable!("asked for a new connection only"),
             Err(e) => return Err(Failed::before_sending(e, req)),
         };
-        let (mut send, conn) = match self.open_conn(settings, deadline).await {
+        let (mut send, conn) = match Box::pin(self.open_conn(settings, deadline)).await {
             Ok(c) => c,
             Err(e) => return Err(Failed::before_sending(e, req)),
         };
@@ -328,36 +328,60 @@ impl Conns {
     }
 
     /// An idle connection (if `reuse`), or room for a new one; at the cap,
-    /// waits until `deadline` for either.
+    /// waits until `deadline` for either. The wait, rare, is boxed so that
+    /// every request's future does not carry its state.
     async fn get(
         self: &Arc<Self>,
         settings: Settings,
         deadline: Instant,
         reuse: bool,
     ) -> Result<Got, ConnectError> {
+        match self.try_get(settings, reuse) {
+            Some(got) => Ok(got),
+            None => Box::pin(self.wait_for_room(settings, deadline, reuse)).await,
+        }
+    }
+
+    /// An idle connection of this thread's (if `reuse`), or room for a new
+    /// one, or (at the cap) another thread's idle connection.
+    fn try_get(self: &Arc<Self>, settings: Settings, reuse: bool) -> Option<Got> {
+        if reuse {
+            if let Some(live) = self.pop(false) {
+                return Some(Got::Idle(live));
+            }
+        }
+        if let Some(slot) = self.reserve(settings.max) {
+            return Some(Got::New(slot));
+        }
+        if reuse {
+            if let Some(live) = self.pop(true) {
+                return Some(Got::Idle(live));
+            }
+        }
+        None
+    }
+
+    /// At the cap: waits until `deadline` for a connection to come back or
+    /// close.
+    async fn wait_for_room(
+        self: &Arc<Self>,
+        settings: Settings,
+        deadline: Instant,
+        reuse: bool,
+    ) -> Result<Got, ConnectError> {
         loop {
-            if reuse {
-                if let Some(live) = self.pop(false) {
-                    return Ok(Got::Idle(live));
-                }
-            }
-            if let Some(slot) = self.reserve(settings.max) {
-                return Ok(Got::New(slot));
-            }
-            if reuse {
-                if let Some(live) = self.pop(true) {
-                    return Ok(Got::Idle(live));
-                }
-            }
-            // At the cap. Register before looking again, so that a
-            // connection freed in between is not missed.
+            // Register before looking again, so that a connection freed in
+            // between is not missed.
             self.waiting.fetch_add(1, Relaxed);
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let free = (reuse && self.idle() > 0) || self.open() < settings.max as usize;
-            let woken = free || tokio::time::timeout_at(deadline, freed).await.is_ok();
+            let found = self.try_get(settings, reuse);
+            let woken = found.is_some() || tokio::time::timeout_at(deadline, freed).await.is_ok();
             self.waiting.fetch_sub(1, Relaxed);
+            if let Some(got) = found {
+                return Ok(got);
+            }
             if !woken {
                 return Err(ConnectError::Saturated {
                     max: settings.max,
