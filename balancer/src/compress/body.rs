@@ -65,11 +65,14 @@ pin_project! {
     /// - One poll compresses at most 256 KiB of input, then yields, so a
     ///   highly compressible body cannot hold a worker thread.
     ///
-    /// Memory per compressing response is bounded by the encoder state (about
+    /// Memory per streaming response is bounded by the encoder state (about
     /// 0.37 MiB for gzip, at most about 2 MiB for br and zstd at the mapped
     /// levels; see `codec.rs`), plus the output buffer (8 KiB, growing to 64
     /// KiB when output fills it), plus the one input frame being compressed.
-    /// Dropping it drops the inner body and frees the encoder.
+    /// A whole one holds the body (at most 256 KiB) until it is compressed,
+    /// then only the compressed bytes; the libdeflate compressor is the
+    /// thread's, used only during the call. Dropping it drops the inner body
+    /// and frees the encoder or the gathered bytes.
     pub struct Compressed<B> {
         #[pin]
         inner: B,
