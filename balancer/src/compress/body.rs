@@ -40,7 +40,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 pin_project! {
     /// The backend's body, compressed as it streams, or whole.
     ///
-    /// A gzip body whose exact length is known and at most 256 KiB is
+    /// A gzip body whose exact length is known and at most 256 KiB, at
+    /// levels 1–7, is
     /// gathered, compressed in one libdeflate call and yielded in frames of
     /// at most 64 KiB, then its trailers. If the backend stalls for
     /// [`FLUSH_DELAY`] before the body is complete, what has arrived goes to
@@ -122,13 +123,13 @@ impl<B: Body> Compressed<B> {
     /// Wraps `inner`, to be sent with `Content-Encoding: encoding`. `level` is
     /// the config's 1..=9 (clamped; each library maps it, see
     /// [`Encoding::native_level`] and `whole.rs`). A gzip body of known
-    /// length (its exact size hint, from `Content-Length`) up to 256 KiB is
-    /// compressed whole. An encoder that cannot be created (it cannot, short
+    /// length (its exact size hint, from `Content-Length`) up to 256 KiB, at
+    /// levels 1–7, is compressed whole. An encoder that cannot be created (it cannot, short
     /// of running out of memory) shows up as the body's first error.
     pub fn new(inner: B, encoding: Encoding, level: u32) -> Self {
-        let whole = whole::whole_len(encoding, inner.size_hint().exact());
+        let whole = whole::plan(encoding, level, inner.size_hint().exact());
         let (codec, phase) = match whole {
-            Some(len) => (None, Phase::Gathering(Box::new(Gather::new(len)))),
+            Some((len, level)) => (None, Phase::Gathering(Box::new(Gather::new(len, level)))),
             None => match Codec::new(encoding, level) {
                 Ok(codec) => (Some(codec), Phase::Reading),
                 Err(e) => (None, Phase::Failed(Some(e))),
@@ -205,7 +206,7 @@ where
                 unreachable!("matched above");
             };
             match gathered {
-                Gathered::Complete => match whole::gzip(gather.data(), *this.level) {
+                Gathered::Complete => match whole::gzip(gather.data(), gather.level) {
                     Ok(compressed) => *this.phase = Phase::Whole(compressed),
                     Err(e) => return Poll::Ready(Some(Err(e.into()))),
                 },

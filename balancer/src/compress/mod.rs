@@ -14,8 +14,9 @@
 //!    streams. It flushes when the backend stalls, so slow streams and SSE
 //!    reach the client promptly. `codec.rs` hides the three libraries behind
 //!    one slice-in/slice-out interface. A gzip body of known length up to
-//!    256 KiB is instead gathered and compressed whole with libdeflate,
-//!    falling back to streaming if the backend stalls (`whole.rs`).
+//!    256 KiB (levels 1–7) is instead gathered and compressed whole with
+//!    libdeflate, falling back to streaming if the backend stalls
+//!    (`whole.rs`).
 //!
 //! This file owns the shared vocabulary: [`Encoding`], [`Settings`] and
 //! [`TypePattern`] (`types.rs`).
@@ -48,8 +49,8 @@ pub use types::{TypePattern, TypePatternError};
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// `gzip`: every client supports it. Bodies of known length up to 256
-    /// KiB are compressed whole by libdeflate (C, vendored and built by
-    /// `cc`); the rest stream through flate2 on zlib-rs.
+    /// KiB, at levels 1–7, are compressed whole by libdeflate (C, vendored
+    /// and built by `cc`); the rest stream through flate2 on zlib-rs.
     Gzip,
     /// `br` via the pure-Rust `brotli` crate (the one tower-http uses, with
     /// no C to build). At the levels mapped here its output is about gzip's

@@ -1,6 +1,6 @@
 //! Whole-buffer gzip with libdeflate, for bodies whose length is known and
-//! small: [`whole_len`] says which (a pure function), [`Gather`] collects
-//! such a body, and [`gzip`] compresses it in one call.
+//! small: [`plan`] says which (a pure function), [`Gather`] collects such a
+//! body, and [`gzip`] compresses it in one call.
 //!
 //! Why a second gzip encoder. libdeflate compresses only whole buffers, and
 //! that is why it is fast: it parses the whole input into matches and then
@@ -22,13 +22,17 @@
 //! - that length is at most [`WHOLE_MAX`] (256 KiB). At that bound a whole
 //!   response costs what a streaming one does: 256 KiB of input is what one
 //!   streaming poll compresses at most (`POLL_INPUT_BUDGET`), and libdeflate
-//!   does it in less time than zlib-rs does (about 9 ms at level 6 on this
-//!   project's test machine, against 13 ms), so the thread is held no longer;
+//!   does it in less time than zlib-rs does (8 ms at level 6 on this
+//!   project's test machine, against 11 ms), so the thread is held no longer;
 //!   memory is the input (at most 256 KiB, freed once compressed) plus the
 //!   compressed output, against the streaming encoder's 0.37 MiB plus a 64
 //!   KiB buffer. A 1 MiB bound would hold a thread for 35 ms at level 6 and
 //!   take 1.3 MiB per response, to speed up bodies that are rarely that
 //!   large and compressible at once;
+//! - the level is 1 to 7. At 8 and 9 libdeflate's match search (its level
+//!   8, the first no larger than zlib's 8 and 9) costs more than zlib-rs's
+//!   level 9 for the same size (on 256 KiB of the low-redundancy JSON, 15
+//!   ms against 9 ms, 71,347 against 71,862 bytes), so those stream;
 //! - the backend keeps up. When the body stalls, the client must not wait for
 //!   the rest of it: [`Gather`] arms a timer at the first stall, and if it
 //!   fires ([`FLUSH_DELAY`], the streaming path's flush delay) before the
@@ -65,18 +69,22 @@ pub(super) const WHOLE_MAX: u64 = 256 * 1024;
 /// config has one level, and a reload can bring a second.
 const COMPRESSORS: usize = 2;
 
-/// The length of a body to gather and compress whole, or `None` to stream
-/// it: gzip bodies whose exact length is known and at most [`WHOLE_MAX`].
-pub(super) fn whole_len(encoding: Encoding, exact_len: Option<u64>) -> Option<usize> {
+/// Whether to gather a body and compress it whole: `Some((length,
+/// libdeflate level))`, or `None` to stream it. Gzip bodies whose exact
+/// length is known and at most [`WHOLE_MAX`], at a `level` that
+/// [`libdeflate_level`] maps.
+pub(super) fn plan(encoding: Encoding, level: u32, exact_len: Option<u64>) -> Option<(usize, i32)> {
     match (encoding, exact_len) {
-        (Encoding::Gzip, Some(len)) if len <= WHOLE_MAX => usize::try_from(len).ok(),
+        (Encoding::Gzip, Some(len)) if len <= WHOLE_MAX => {
+            Some((usize::try_from(len).ok()?, libdeflate_level(level)?))
+        }
         _ => None,
     }
 }
 
 /// The libdeflate level for the config's `level` (1..=9, clamped): the
 /// fastest level whose output is no larger than C zlib's (nginx's) at
-/// `level`.
+/// `level`; `None` for 8 and 9, which stream (see the module docs).
 ///
 /// Measured on the backend's bodies (`/words`, `/html`, `/json` and `/text`
 /// from 2 KB to 256 KiB) against zlib 1.2.13: libdeflate's levels 2–6 are
@@ -84,11 +92,14 @@ pub(super) fn whole_len(encoding: Encoding, exact_len: Option<u64>) -> Option<us
 /// JSON) come out 40–75 % larger than zlib's lazy matching at 4–6, while
 /// its level 7 is at least as small as zlib's 1–7 everywhere but one body
 /// (`/text/102400`, 110:1, 1.3 % larger). Level 1 is smaller than zlib's 1–3
-/// on every body of 10 KB or more (2–12 %); level 8 than zlib's 8–9. So
-/// 1–3 → 1, 4–7 → 7, 8–9 → 8. Levels 10–12 (near-optimal parsing) gain 1–5
-/// % for 5–50 times the time.
-pub(super) fn libdeflate_level(level: u32) -> i32 {
-    [1, 1, 1, 7, 7, 7, 7, 8, 8][level.clamp(1, 9) as usize - 1]
+/// on every body of 10 KB or more (2–12 %). So 1–3 → 1 and 4–7 → 7. Levels
+/// 10–12 (near-optimal parsing) gain 1–5 % for 5–50 times the time.
+pub(super) fn libdeflate_level(level: u32) -> Option<i32> {
+    match level.clamp(1, 9) {
+        1..=3 => Some(1),
+        4..=7 => Some(7),
+        _ => None,
+    }
 }
 
 /// A thread's libdeflate state, reused across responses.
@@ -135,10 +146,9 @@ thread_local! {
     static DEFLATE: RefCell<Deflate> = RefCell::new(Deflate::default());
 }
 
-/// `input` as one gzip member, at the config's `level` (mapped by
-/// [`libdeflate_level`]). It fails only if libdeflate cannot allocate.
-pub(super) fn gzip(input: &[u8], level: u32) -> io::Result<Bytes> {
-    let level = libdeflate_level(level);
+/// `input` as one gzip member, at libdeflate's `level` (from [`plan`]). It
+/// fails only if libdeflate cannot allocate.
+pub(super) fn gzip(input: &[u8], level: i32) -> io::Result<Bytes> {
     DEFLATE
         .try_with(|deflate| deflate.borrow_mut().compress(input, level))
         // During thread teardown the thread's state may be gone.
@@ -162,6 +172,8 @@ pub(super) enum Gathered<E> {
 pub(super) struct Gather {
     /// The announced length: the buffer's capacity.
     len: usize,
+    /// The libdeflate level to compress it at.
+    pub(super) level: i32,
     /// The first data frame, kept as it is: a body that comes in one frame
     /// (most small ones) is compressed without a copy.
     first: Bytes,
@@ -173,9 +185,10 @@ pub(super) struct Gather {
 }
 
 impl Gather {
-    pub(super) fn new(len: usize) -> Gather {
+    pub(super) fn new(len: usize, level: i32) -> Gather {
         Gather {
             len,
+            level,
             first: Bytes::new(),
             buf: BytesMut::new(),
             stall: None,
@@ -259,28 +272,43 @@ mod tests {
 
     #[test]
     fn which_bodies_are_compressed_whole() {
-        let rows: &[(Encoding, Option<u64>, Option<usize>)] = &[
-            // gzip of a known, bounded length: whole.
-            (Encoding::Gzip, Some(0), Some(0)),
-            (Encoding::Gzip, Some(10_240), Some(10_240)),
-            (Encoding::Gzip, Some(WHOLE_MAX), Some(WHOLE_MAX as usize)),
+        let max = WHOLE_MAX as usize;
+        // (coding, config level, exact length) -> (length, libdeflate level)
+        type Row = (Encoding, u32, Option<u64>, Option<(usize, i32)>);
+        let rows: &[Row] = &[
+            // gzip of a known, bounded length at levels 1–7: whole.
+            (Encoding::Gzip, 1, Some(0), Some((0, 1))),
+            (Encoding::Gzip, 1, Some(10_240), Some((10_240, 1))),
+            (Encoding::Gzip, 6, Some(10_240), Some((10_240, 7))),
+            (Encoding::Gzip, 7, Some(WHOLE_MAX), Some((max, 7))),
             // Over the bound, or of unknown length (chunked, SSE): streamed.
-            (Encoding::Gzip, Some(WHOLE_MAX + 1), None),
-            (Encoding::Gzip, Some(u64::MAX), None),
-            (Encoding::Gzip, None, None),
+            (Encoding::Gzip, 6, Some(WHOLE_MAX + 1), None),
+            (Encoding::Gzip, 6, Some(u64::MAX), None),
+            (Encoding::Gzip, 6, None, None),
+            // Levels 8 and 9: zlib-rs is faster there.
+            (Encoding::Gzip, 8, Some(10_240), None),
+            (Encoding::Gzip, 9, Some(10_240), None),
             // br and zstd always stream.
-            (Encoding::Br, Some(10_240), None),
-            (Encoding::Zstd, Some(10_240), None),
+            (Encoding::Br, 6, Some(10_240), None),
+            (Encoding::Zstd, 1, Some(10_240), None),
         ];
-        for &(encoding, len, want) in rows {
-            assert_eq!(whole_len(encoding, len), want, "{encoding} {len:?}");
+        for &(encoding, level, len, want) in rows {
+            assert_eq!(
+                plan(encoding, level, len),
+                want,
+                "{encoding} level {level} {len:?}"
+            );
         }
     }
 
     #[test]
     fn levels_map_monotonically_into_libdeflates_range() {
-        let mapped: Vec<i32> = (0..=10).map(libdeflate_level).collect();
-        assert_eq!(mapped, [1, 1, 1, 1, 7, 7, 7, 7, 8, 8, 8]);
+        let mapped: Vec<Option<i32>> = (0..=10).map(libdeflate_level).collect();
+        let (one, seven) = (Some(1), Some(7));
+        assert_eq!(
+            mapped,
+            [one, one, one, one, seven, seven, seven, seven, None, None, None]
+        );
     }
 
     #[test]
