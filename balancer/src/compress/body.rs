@@ -129,7 +129,7 @@ impl<B: Body> Compressed<B> {
     pub fn new(inner: B, encoding: Encoding, level: u32) -> Self {
         let whole = whole::plan(encoding, level, inner.size_hint().exact());
         let (codec, phase) = match whole {
-            Some((len, level)) => (None, Phase::Gathering(Box::new(Gather::new(len, level)))),
+            Some((len, engine)) => (None, Phase::Gathering(Box::new(Gather::new(len, engine)))),
             None => match Codec::new(encoding, level) {
                 Ok(codec) => (Some(codec), Phase::Reading),
                 Err(e) => (None, Phase::Failed(Some(e))),
@@ -206,7 +206,7 @@ where
                 unreachable!("matched above");
             };
             match gathered {
-                Gathered::Complete => match whole::gzip(gather.data(), gather.level) {
+                Gathered::Complete => match whole::gzip(gather.data(), gather.engine) {
                     Ok(compressed) => *this.phase = Phase::Whole(compressed),
                     Err(e) => return Poll::Ready(Some(Err(e.into()))),
                 },

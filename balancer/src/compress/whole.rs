@@ -46,6 +46,16 @@
 //!
 //! Only gzip: br and zstd stream as before (their encoders have no
 //! whole-buffer mode that is faster at equal size).
+//!
+//! With the `isal` cargo feature, level 1 uses Intel's ISA-L (its igzip at
+//! level one) instead of libdeflate: its output is no larger than zlib's 1 on
+//! every body of 10 KB or more (0.5–1.9 % smaller on the low-redundancy
+//! JSON, 40–50 % on the repetitive ones) and it is 2× faster than
+//! libdeflate's level 1 on the low-redundancy JSON (159 against 330 µs per
+//! 100 KB) and 6× on the 90:1 JSON (17 against 108 µs). Its level 3 is
+//! larger than zlib's 6, so other levels stay with libdeflate. It is a
+//! feature because building ISA-L takes nasm and autotools besides the C
+//! compiler.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -69,14 +79,35 @@ pub(super) const WHOLE_MAX: u64 = 256 * 1024;
 /// config has one level, and a reload can bring a second.
 const COMPRESSORS: usize = 2;
 
+/// The whole-buffer compressor for a body, chosen by [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Engine {
+    /// libdeflate at this level of its own.
+    Libdeflate(i32),
+    /// ISA-L's igzip at its level 1 (feature `isal`; config level 1).
+    #[cfg(feature = "isal")]
+    Isal,
+}
+
 /// Whether to gather a body and compress it whole: `Some((length,
-/// libdeflate level))`, or `None` to stream it. Gzip bodies whose exact
-/// length is known and at most [`WHOLE_MAX`], at a `level` that
-/// [`libdeflate_level`] maps.
-pub(super) fn plan(encoding: Encoding, level: u32, exact_len: Option<u64>) -> Option<(usize, i32)> {
+/// engine))`, or `None` to stream it. Gzip bodies whose exact length is
+/// known and at most [`WHOLE_MAX`], at a `level` that [`libdeflate_level`]
+/// maps (level 1 goes to ISA-L with the `isal` feature).
+pub(super) fn plan(
+    encoding: Encoding,
+    level: u32,
+    exact_len: Option<u64>,
+) -> Option<(usize, Engine)> {
     match (encoding, exact_len) {
         (Encoding::Gzip, Some(len)) if len <= WHOLE_MAX => {
-            Some((usize::try_from(len).ok()?, libdeflate_level(level)?))
+            let engine = Engine::Libdeflate(libdeflate_level(level)?);
+            #[cfg(feature = "isal")]
+            let engine = if level.clamp(1, 9) == 1 {
+                Engine::Isal
+            } else {
+                engine
+            };
+            Some((usize::try_from(len).ok()?, engine))
         }
         _ => None,
     }
@@ -140,19 +171,42 @@ impl Deflate {
             .map_err(io::Error::other)?;
         Ok(Bytes::copy_from_slice(&self.scratch[..n]))
     }
+
+    /// igzip level 1. Should the output not fit (it cannot: stored blocks
+    /// cost 5 bytes per 64 KiB), libdeflate's level 1 does it instead.
+    #[cfg(feature = "isal")]
+    fn compress_isal(&mut self, input: &[u8]) -> io::Result<Bytes> {
+        let bound = input.len() + input.len() / 1024 + 64;
+        if self.scratch.len() < bound {
+            self.scratch.resize(bound, 0);
+        }
+        let (level, codec) = (isal::CompressionLevel::One, isal::Codec::Gzip);
+        match isal::compress_into(input, &mut self.scratch[..bound], level, codec) {
+            Ok(n) => Ok(Bytes::copy_from_slice(&self.scratch[..n])),
+            Err(_) => self.compress(input, 1),
+        }
+    }
+
+    fn run(&mut self, input: &[u8], engine: Engine) -> io::Result<Bytes> {
+        match engine {
+            Engine::Libdeflate(level) => self.compress(input, level),
+            #[cfg(feature = "isal")]
+            Engine::Isal => self.compress_isal(input),
+        }
+    }
 }
 
 thread_local! {
     static DEFLATE: RefCell<Deflate> = RefCell::new(Deflate::default());
 }
 
-/// `input` as one gzip member, at libdeflate's `level` (from [`plan`]). It
-/// fails only if libdeflate cannot allocate.
-pub(super) fn gzip(input: &[u8], level: i32) -> io::Result<Bytes> {
+/// `input` as one gzip member, by `engine` (from [`plan`]). It fails only
+/// if libdeflate cannot allocate.
+pub(super) fn gzip(input: &[u8], engine: Engine) -> io::Result<Bytes> {
     DEFLATE
-        .try_with(|deflate| deflate.borrow_mut().compress(input, level))
+        .try_with(|deflate| deflate.borrow_mut().run(input, engine))
         // During thread teardown the thread's state may be gone.
-        .unwrap_or_else(|_| Deflate::default().compress(input, level))
+        .unwrap_or_else(|_| Deflate::default().run(input, engine))
 }
 
 /// How gathering ended.
@@ -172,8 +226,8 @@ pub(super) enum Gathered<E> {
 pub(super) struct Gather {
     /// The announced length: the buffer's capacity.
     len: usize,
-    /// The libdeflate level to compress it at.
-    pub(super) level: i32,
+    /// What compresses it.
+    pub(super) engine: Engine,
     /// The first data frame, kept as it is: a body that comes in one frame
     /// (most small ones) is compressed without a copy.
     first: Bytes,
@@ -185,10 +239,10 @@ pub(super) struct Gather {
 }
 
 impl Gather {
-    pub(super) fn new(len: usize, level: i32) -> Gather {
+    pub(super) fn new(len: usize, engine: Engine) -> Gather {
         Gather {
             len,
-            level,
+            engine,
             first: Bytes::new(),
             buf: BytesMut::new(),
             stall: None,
@@ -273,14 +327,26 @@ mod tests {
     #[test]
     fn which_bodies_are_compressed_whole() {
         let max = WHOLE_MAX as usize;
-        // (coding, config level, exact length) -> (length, libdeflate level)
-        type Row = (Encoding, u32, Option<u64>, Option<(usize, i32)>);
+        // Level 1's engine: ISA-L with the feature, else libdeflate's 1.
+        #[cfg(feature = "isal")]
+        let one = Engine::Isal;
+        #[cfg(not(feature = "isal"))]
+        let one = Engine::Libdeflate(1);
+        let seven = Engine::Libdeflate(7);
+        // (coding, config level, exact length) -> (length, engine)
+        type Row = (Encoding, u32, Option<u64>, Option<(usize, Engine)>);
         let rows: &[Row] = &[
             // gzip of a known, bounded length at levels 1–7: whole.
-            (Encoding::Gzip, 1, Some(0), Some((0, 1))),
-            (Encoding::Gzip, 1, Some(10_240), Some((10_240, 1))),
-            (Encoding::Gzip, 6, Some(10_240), Some((10_240, 7))),
-            (Encoding::Gzip, 7, Some(WHOLE_MAX), Some((max, 7))),
+            (Encoding::Gzip, 1, Some(0), Some((0, one))),
+            (Encoding::Gzip, 1, Some(10_240), Some((10_240, one))),
+            (
+                Encoding::Gzip,
+                2,
+                Some(10_240),
+                Some((10_240, Engine::Libdeflate(1))),
+            ),
+            (Encoding::Gzip, 6, Some(10_240), Some((10_240, seven))),
+            (Encoding::Gzip, 7, Some(WHOLE_MAX), Some((max, seven))),
             // Over the bound, or of unknown length (chunked, SSE): streamed.
             (Encoding::Gzip, 6, Some(WHOLE_MAX + 1), None),
             (Encoding::Gzip, 6, Some(u64::MAX), None),
