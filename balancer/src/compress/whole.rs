@@ -32,25 +32,25 @@
 //! - the level is 1 to 7. At 8 and 9 libdeflate's match search (its level
 //!   8, the first no larger than zlib's 8 and 9) costs more than zlib-rs's
 //!   level 9 for the same size (on 256 KiB of the low-redundancy JSON, 15
-//!   ms against 9 ms, 71,347 against 71,862 bytes), so those stream;
+//!   ms against 9 ms, 71,347 against 71,800 bytes), so those stream;
 //! - the backend keeps up. When the body stalls, the client must not wait for
 //!   the rest of it: [`Gather`] arms a timer at the first stall, and if it
 //!   fires ([`FLUSH_DELAY`], the streaming path's flush delay) before the
 //!   body is complete, the body switches to streaming: what has arrived is
 //!   fed to the streaming encoder and flushed at once, and the rest streams
-//!   as it comes. So no client gets its first byte more than `FLUSH_DELAY`
-//!   later than streaming would give it, which is the delay the streaming
-//!   path already allows itself before a flush. A body on loopback or a fast
-//!   network (100 KB in well under a millisecond) is never held back that
-//!   long.
+//!   as it comes. So once the backend makes the client wait, the client
+//!   waits at most `FLUSH_DELAY` more (plus one compression call, at most
+//!   8 ms for 256 KiB), the delay the streaming path already allows itself
+//!   before a flush. A body on loopback or a fast network (100 KB in well
+//!   under a millisecond) is never held back that long.
 //!
 //! Only gzip: br and zstd stream as before (their encoders have no
 //! whole-buffer mode that is faster at equal size).
 //!
 //! With the `isal` cargo feature, level 1 uses Intel's ISA-L (its igzip at
 //! level one) instead of libdeflate: its output is no larger than zlib's 1 on
-//! every body of 10 KB or more (0.5–1.9 % smaller on the low-redundancy
-//! JSON, 40–50 % on the repetitive ones) and it is 2× faster than
+//! every body of 10 KB or more (1–2 % smaller on the low-redundancy JSON,
+//! 8–48 % on the repetitive ones) and it is 2× faster than
 //! libdeflate's level 1 on the low-redundancy JSON (159 against 330 µs per
 //! 100 KB) and 6× on the 90:1 JSON (17 against 108 µs). Its level 3 is
 //! larger than zlib's 6, so other levels stay with libdeflate. It is a
