@@ -1,10 +1,12 @@
-//! Generated bodies for `/text`, `/json`, `/html` and `/bytes`.
+//! Generated bodies for `/text`, `/json`, `/html`, `/bytes` and `/words`.
 //!
 //! Each body is `head ++ middle ++ tail`, where the middle repeats a
 //! pattern built once per process. A pattern's buffer holds one period plus
 //! one [`CHUNK`] more, so any chunk of the middle is a single slice of it,
 //! starting at the current phase: producing a frame is a pointer and a
 //! length, never a copy or an allocation, whatever N is.
+
+mod words;
 
 use std::sync::LazyLock;
 
@@ -129,6 +131,8 @@ pub enum Kind {
     Html,
     /// `/bytes/N`
     Bytes,
+    /// `/words/N`: low-redundancy JSON (see `words.rs`).
+    Words,
 }
 
 impl Kind {
@@ -136,7 +140,7 @@ impl Kind {
     pub fn content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Kind::Text => "text/plain; charset=utf-8",
-            Kind::Json => "application/json",
+            Kind::Json | Kind::Words => "application/json",
             Kind::Html => "text/html; charset=utf-8",
             Kind::Bytes => "application/octet-stream",
         })
@@ -179,6 +183,7 @@ pub fn layout(kind: Kind, n: u64) -> Layout {
             }
         }
         Kind::Json => json_layout(n),
+        Kind::Words => words::layout(n),
     }
 }
 
@@ -235,8 +240,10 @@ mod tests {
 
     #[test]
     fn every_kind_has_the_exact_size() {
-        for kind in [Kind::Text, Kind::Json, Kind::Html, Kind::Bytes] {
-            for n in [0, 1, 2, 3, 50, 81, 82, 83, 84, 200, 5000, 70_000, 300_000] {
+        for kind in [Kind::Text, Kind::Json, Kind::Html, Kind::Bytes, Kind::Words] {
+            for n in [
+                0, 1, 2, 3, 50, 81, 82, 83, 84, 200, 5000, 70_000, 300_000, 3_000_000,
+            ] {
                 assert_eq!(render(kind, n).len() as u64, n, "{kind:?} {n}");
             }
         }
@@ -265,6 +272,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn words_are_json_across_a_period_and_do_not_repeat() {
+        // 3 MB spans two wraps of the 1 MiB+ pattern; each wrap must fall
+        // between two records.
+        let body = render(Kind::Words, 3_000_000);
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let records = value.as_array().expect("an array");
+        assert!(records.len() > 5000, "{} records", records.len());
+        // No 1 KiB of the first 1 MiB shows up again within it (the body
+        // is not one short pattern repeated, as `/json` is).
+        let first = &render(Kind::Words, 1 << 20)[..];
+        let probe = &first[500_000..501_024];
+        assert_eq!(
+            first.windows(probe.len()).filter(|w| w == &probe).count(),
+            1
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ use crate::{cpu, upgrade, State};
 const X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
-/// Largest N for `/text/N`, `/json/N`, `/html/N`, `/bytes/N`: 1 GiB.
+/// Largest N for `/text/N`, `/json/N`, `/html/N`, `/bytes/N`, `/words/N`:
+/// 1 GiB.
 const MAX_BODY: u64 = 1 << 30;
 /// Largest `/work?ms=N`: a minute of CPU.
 const MAX_WORK_MS: u64 = 60_000;
@@ -199,7 +200,8 @@ async fn route(mut parts: Parts, body: Incoming, state: &State) -> Answer {
     }
 }
 
-/// `/text/N`, `/json/N`, `/html/N`, `/bytes/N`: the kind and the raw N.
+/// `/text/N`, `/json/N`, `/html/N`, `/bytes/N`, `/words/N`: the kind and
+/// the raw N.
 fn generated_path(path: &str) -> Option<(Kind, &str)> {
     let (prefix, n) = path.strip_prefix('/')?.split_once('/')?;
     let kind = match prefix {
@@ -207,6 +209,7 @@ fn generated_path(path: &str) -> Option<(Kind, &str)> {
         "json" => Kind::Json,
         "html" => Kind::Html,
         "bytes" => Kind::Bytes,
+        "words" => Kind::Words,
         _ => return None,
     };
     Some((kind, n))

@@ -88,6 +88,9 @@ fn run(args: &[&str]) -> Output {
 struct Running {
     child: std::process::Child,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; joined once the process has exited, so
+    /// that everything it wrote is in `stderr`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -108,7 +111,7 @@ impl Running {
 
     fn adopt(mut child: std::process::Child) -> Running {
         let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(mut pipe) = child.stderr.take() {
+        let reader = child.stderr.take().map(|mut pipe| {
             let sink = Arc::clone(&stderr);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -120,9 +123,13 @@ impl Running {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
+            })
+        });
+        Running {
+            child,
+            stderr,
+            reader,
         }
-        Running { child, stderr }
     }
 
     fn pid(&self) -> String {
@@ -150,8 +157,11 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipe is at its end: let the reader drain it. (A fixed
+                // pause here lost the message on a loaded machine.)
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(

@@ -1,5 +1,7 @@
 //! [`Compressed`]: a response body that compresses another body as its frames
-//! arrive. It never holds more than one input frame and one output buffer.
+//! arrive, never holding more than one input frame and one output buffer;
+//! or, for a gzip body of known length up to 256 KiB, gathers it and
+//! compresses it whole with libdeflate (`whole.rs` says when and why).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -14,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::codec::{Codec, Step};
+use super::whole::{self, Gather, Gathered};
 use super::Encoding;
 
 /// First output buffer. Small responses never need more.
@@ -35,8 +38,18 @@ pub(super) const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_mi
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 pin_project! {
-    /// The backend's body, compressed as it streams.
+    /// The backend's body, compressed as it streams, or whole.
     ///
+    /// A gzip body whose exact length is known and at most 256 KiB, at
+    /// levels 1–7, is
+    /// gathered, compressed in one libdeflate call and yielded in frames of
+    /// at most 64 KiB, then its trailers. If the backend stalls for
+    /// [`FLUSH_DELAY`] before the body is complete, what has arrived goes to
+    /// the streaming encoder, is flushed at once, and the rest streams as
+    /// below. An error from the backend while gathering is yielded at once.
+    /// See `whole.rs` for why.
+    ///
+    /// Every other body streams:
     /// - Each data frame goes to the encoder when it arrives. Output is
     ///   yielded whenever the output buffer fills, in frames of at most 64
     ///   KiB, so a large body never sits in memory.
@@ -53,15 +66,21 @@ pin_project! {
     /// - One poll compresses at most 256 KiB of input, then yields, so a
     ///   highly compressible body cannot hold a worker thread.
     ///
-    /// Memory per compressing response is bounded by the encoder state (about
+    /// Memory per streaming response is bounded by the encoder state (about
     /// 0.37 MiB for gzip, at most about 2 MiB for br and zstd at the mapped
     /// levels; see `codec.rs`), plus the output buffer (8 KiB, growing to 64
     /// KiB when output fills it), plus the one input frame being compressed.
-    /// Dropping it drops the inner body and frees the encoder.
+    /// A whole one holds the body (at most 256 KiB) until it is compressed,
+    /// then only the compressed bytes; the libdeflate compressor is the
+    /// thread's, used only during the call. Dropping it drops the inner body
+    /// and frees the encoder or the gathered bytes.
     pub struct Compressed<B> {
         #[pin]
         inner: B,
         encoding: Encoding,
+        // The config's level, kept for a gathered body that falls back to
+        // streaming.
+        level: u32,
         codec: Option<Codec>,
         // Unconsumed rest of the current input frame.
         input: Bytes,
@@ -83,7 +102,13 @@ pin_project! {
 }
 
 enum Phase {
-    /// Reading the inner body.
+    /// Collecting a body of known length to compress it whole. Boxed, so
+    /// that streaming bodies stay as small as they were.
+    Gathering(Box<Gather>),
+    /// The whole body, compressed: yielded in frames of at most `MAX_OUT`,
+    /// then the trailers.
+    Whole(Bytes),
+    /// Reading the inner body, streaming.
     Reading,
     /// The inner body ended: finishing the encoder.
     Finishing,
@@ -94,20 +119,26 @@ enum Phase {
     Done,
 }
 
-impl<B> Compressed<B> {
+impl<B: Body> Compressed<B> {
     /// Wraps `inner`, to be sent with `Content-Encoding: encoding`. `level` is
-    /// the config's 1..=9 (clamped; br and zstd map it, see
-    /// [`Encoding::native_level`]). An encoder that cannot be created (it
-    /// cannot, short of running out of memory) shows up as the body's first
-    /// error.
+    /// the config's 1..=9 (clamped; each library maps it, see
+    /// [`Encoding::native_level`] and `whole.rs`). A gzip body of known
+    /// length (its exact size hint, from `Content-Length`) up to 256 KiB, at
+    /// levels 1–7, is compressed whole. An encoder that cannot be created (it cannot, short
+    /// of running out of memory) shows up as the body's first error.
     pub fn new(inner: B, encoding: Encoding, level: u32) -> Self {
-        let (codec, phase) = match Codec::new(encoding, level) {
-            Ok(codec) => (Some(codec), Phase::Reading),
-            Err(e) => (None, Phase::Failed(Some(e))),
+        let whole = whole::plan(encoding, level, inner.size_hint().exact());
+        let (codec, phase) = match whole {
+            Some((len, engine)) => (None, Phase::Gathering(Box::new(Gather::new(len, engine)))),
+            None => match Codec::new(encoding, level) {
+                Ok(codec) => (Some(codec), Phase::Reading),
+                Err(e) => (None, Phase::Failed(Some(e))),
+            },
         };
         Compressed {
             inner,
             encoding,
+            level,
             codec,
             input: Bytes::new(),
             out: Vec::new(),
@@ -125,6 +156,8 @@ impl<B> fmt::Debug for Compressed<B> {
     /// The coding and progress, not the inner body (which need not be `Debug`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let phase = match self.phase {
+            Phase::Gathering(_) => "gathering",
+            Phase::Whole(_) => "whole",
             Phase::Reading => "reading",
             Phase::Finishing => "finishing",
             Phase::Trailers => "trailers",
@@ -164,6 +197,44 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Phase::Gathering(gather) = this.phase {
+            let gathered = match gather.poll(this.inner.as_mut(), cx, this.trailers) {
+                Poll::Ready(gathered) => gathered,
+                Poll::Pending => return Poll::Pending,
+            };
+            let Phase::Gathering(gather) = std::mem::replace(this.phase, Phase::Done) else {
+                unreachable!("matched above");
+            };
+            match gathered {
+                Gathered::Complete => match whole::gzip(gather.data(), gather.engine) {
+                    Ok(compressed) => *this.phase = Phase::Whole(compressed),
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                },
+                Gathered::Failed(e) => return Poll::Ready(Some(Err(e.into()))),
+                // Stream from here: feed what came, and flush it at once if
+                // the backend stalled (it has been waiting `FLUSH_DELAY`).
+                stalled @ (Gathered::Stalled | Gathered::Overlong) => {
+                    match Codec::new(*this.encoding, *this.level) {
+                        Ok(codec) => {
+                            *this.codec = Some(codec);
+                            *this.input = gather.into_bytes();
+                            *this.flushing =
+                                matches!(stalled, Gathered::Stalled) && !this.input.is_empty();
+                            *this.phase = Phase::Reading;
+                        }
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+            }
+        }
+        if let Phase::Whole(rest) = this.phase {
+            if !rest.is_empty() {
+                let frame = rest.split_to(rest.len().min(MAX_OUT));
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+            *this.phase = Phase::Done;
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(*t))));
+        }
         let mut budget = POLL_INPUT_BUDGET;
         loop {
             if *this.filled > 0 && *this.filled == this.out.len() {
@@ -176,7 +247,12 @@ where
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if this.out.is_empty() && !matches!(this.phase, Phase::Done | Phase::Failed(_)) {
+            if this.out.is_empty()
+                && matches!(
+                    this.phase,
+                    Phase::Reading | Phase::Finishing | Phase::Trailers
+                )
+            {
                 this.out.resize(FIRST_OUT, 0);
             }
             let Some(codec) = this.codec.as_mut() else {
@@ -189,8 +265,9 @@ where
             };
             let room = &mut this.out[*this.filled..];
             let step = match this.phase {
-                // `Failed` comes with no encoder, handled above.
-                Phase::Done | Phase::Failed(_) => {
+                // `Failed` comes with no encoder, handled above; `Gathering`
+                // and `Whole` returned or moved on before the loop.
+                Phase::Done | Phase::Failed(_) | Phase::Gathering(_) | Phase::Whole(_) => {
                     close(this.phase, this.codec, this.out, this.filled);
                     return Poll::Ready(None);
                 }

@@ -13,7 +13,10 @@
 //! 4. [`Compressed`] (`body.rs`) wraps the backend body and compresses it as it
 //!    streams. It flushes when the backend stalls, so slow streams and SSE
 //!    reach the client promptly. `codec.rs` hides the three libraries behind
-//!    one slice-in/slice-out interface.
+//!    one slice-in/slice-out interface. A gzip body of known length up to
+//!    256 KiB (levels 1–7) is instead gathered and compressed whole with
+//!    libdeflate, falling back to streaming if the backend stalls
+//!    (`whole.rs`).
 //!
 //! This file owns the shared vocabulary: [`Encoding`], [`Settings`] and
 //! [`TypePattern`] (`types.rs`).
@@ -24,9 +27,12 @@ mod codec;
 mod decide;
 mod headers;
 mod types;
+mod whole;
 
 #[cfg(test)]
 mod body_tests;
+#[cfg(test)]
+mod whole_tests;
 
 use std::fmt;
 use std::str::FromStr;
@@ -42,7 +48,9 @@ pub use types::{TypePattern, TypePatternError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
-    /// `gzip` via flate2 (zlib-rs): every client supports it.
+    /// `gzip`: every client supports it. Bodies of known length up to 256
+    /// KiB, at levels 1–7, are compressed whole by libdeflate (C, vendored
+    /// and built by `cc`); the rest stream through flate2 on zlib-rs.
     Gzip,
     /// `br` via the pure-Rust `brotli` crate (the one tower-http uses, with
     /// no C to build). At the levels mapped here its output is about gzip's
@@ -68,7 +76,8 @@ impl Encoding {
     /// The library's own level for the config's `level` (1..=9, clamped), so
     /// one knob steers all three codings.
     ///
-    /// - gzip: the zlib-rs level whose output matches C zlib's at `level`,
+    /// - gzip, streaming (whole bodies map `level` to libdeflate's levels in
+    ///   `whole.rs`): the zlib-rs level whose output matches C zlib's at `level`,
     ///   so `level` means what it means to nginx and HAProxy users. zlib-rs
     ///   numbers its levels as zlib-ng does: 1 is "quick" deflate (about 30 %
     ///   larger than zlib's 1), 4–6 "medium" (up to 35 % larger than zlib's

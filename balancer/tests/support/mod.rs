@@ -841,3 +841,58 @@ pub async fn statuses(url: &str, n: usize) -> std::collections::HashMap<u16, usi
     }
     counts
 }
+
+// ---------------------------------------------------------------------------
+// Bodies that arrive in timed pieces, for the compression tests.
+
+/// One step of a [`scripted_backend`]'s answer.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Write these bytes.
+    Send(Vec<u8>),
+    /// Wait this long.
+    Sleep(Duration),
+    /// Close the connection, wherever the answer is.
+    Close,
+}
+
+/// A raw TCP backend that answers every request head by running `script`:
+/// writing bytes, pausing, or hanging up mid-answer. So a test can send a
+/// head with `Content-Length`, part of the body, then stall or fail.
+pub async fn scripted_backend(script: Vec<Step>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let script = Arc::new(script);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        for step in script.iter() {
+                            match step {
+                                Step::Send(bytes) => {
+                                    if stream.write_all(bytes).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Step::Sleep(d) => tokio::time::sleep(*d).await,
+                                Step::Close => return,
+                            }
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
