@@ -61,27 +61,37 @@ fn main() -> ExitCode {
     })
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called, not when the future is first polled: the agent
+/// logs that it is serving before it polls this, and a SIGTERM sent right
+/// after that line must stop it rather than kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let (term, int) = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},
-                    () = ctrl_c() => {},
+                    _ = int.recv() => {},
                 }
             }
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the agent");
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); only Ctrl-C stops the agent");
                 ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        ctrl_c().await;
+        tracing::info!("signal received");
     }
-    #[cfg(not(unix))]
-    ctrl_c().await;
-    tracing::info!("signal received");
 }
 
 /// Completes on Ctrl-C; never, if it cannot be watched (rather than
