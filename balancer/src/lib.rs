@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
 //! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
-//!   timeouts, graceful drain.
+//!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
+//!   hibernate as bare sockets between requests.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
