@@ -2,7 +2,7 @@
 //! knowledge) from HTTP/1.1 by the first bytes, serves each on hyper,
 //! closes idle connections, and drains gracefully on shutdown.
 //!
-//! HTTP/1.1 connections hibernate between requests ([`h1`]): an idle
+//! HTTP/1.1 connections hibernate between requests (`h1`): an idle
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by
 //! hyper's `http2` builder for their whole life.
@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -205,7 +205,7 @@ async fn http2(
                 }
                 return;
             }
-            () = timer.as_mut() => if idle.is_idle(&activity, timer.as_mut()) {
+            () = timer.as_mut() => if idle.is_idle(&activity, conn.idle, timer.as_mut()) {
                 tracing::debug!(%peer, "closing idle connection");
                 return;
             },
@@ -257,6 +257,9 @@ struct Activity {
     /// come (set by [`h1`]'s head timer, cleared by any byte read and by a
     /// request starting; writes leave it).
     quiet: AtomicBool,
+    /// HTTP/1: where the connection is on its way to hibernating
+    /// ([`h1::BUSY`], [`h1::RESTING`], [`h1::HIBERNATE`]).
+    rest: AtomicU8,
 }
 
 impl Activity {
@@ -273,6 +276,7 @@ impl Busy {
     fn new(activity: &Arc<Activity>) -> Busy {
         activity.requests.fetch_add(1, Relaxed);
         activity.quiet.store(false, Relaxed);
+        activity.rest.store(h1::BUSY, Relaxed);
         Busy(Arc::clone(activity))
     }
 }
@@ -317,7 +321,7 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
 /// the clock on every read and write keeps the data path free of time
 /// calls.
 struct IdleCheck {
-    limit: Duration,
+    /// The count of reads and writes at the last check.
     seen: u64,
 }
 
@@ -326,20 +330,19 @@ impl IdleCheck {
     fn start(activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> IdleCheck {
         timer.reset(Instant::now() + limit);
         IdleCheck {
-            limit,
             seen: activity.io.load(Relaxed),
         }
     }
 
     /// Called when `timer` fires: whether the connection is idle; if not,
     /// re-arms `timer` for the next check.
-    fn is_idle(&mut self, activity: &Activity, timer: Pin<&mut Sleep>) -> bool {
+    fn is_idle(&mut self, activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> bool {
         let now = activity.io.load(Relaxed);
         if now == self.seen && activity.requests.load(Relaxed) == 0 {
             return true;
         }
         self.seen = now;
-        timer.reset(Instant::now() + self.limit);
+        timer.reset(Instant::now() + limit);
         false
     }
 }

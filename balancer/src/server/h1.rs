@@ -24,9 +24,9 @@
 //!
 //! Now an idle connection is only its socket: each burst of requests is
 //! served by a fresh `hyper::server::conn::http1` connection, which is
-//! ended at the next message boundary where it would wait idle; the task
-//! then awaits the socket's readability (up to the idle timeout) and
-//! starts the next one. Measured the same way:
+//! ended at a message boundary once it has waited [`GRACE`] for the next
+//! request; the task then awaits the socket's readability (up to the idle
+//! timeout) and starts the next one. Measured the same way:
 //!
 //! | bytes | what |
 //! | ---: | --- |
@@ -46,12 +46,14 @@
 //!   timer here is [`HeadTimer`], which marks the connection *quiet*: a
 //!   head is awaited and no byte of it has come. A byte read, or a request
 //!   starting, clears the mark.
-//! - [`ClientIo`] reports end-of-file, instead of `Pending`, to a read
-//!   that finds the socket empty while the connection is quiet, has no
-//!   request in progress and has flushed all it wrote. hyper takes that
-//!   as the client closing an idle keep-alive connection: it flushes,
-//!   ends cleanly, and calls `poll_shutdown`, which `ClientIo` makes a
-//!   no-op at rest. `into_parts` gives the socket back.
+//! - A read that finds the socket empty while the connection is quiet,
+//!   has no request in progress and has flushed all it wrote marks it
+//!   *resting*; after [`GRACE`] still resting, the burst lets
+//!   [`ClientIo`] report end-of-file, instead of `Pending`, to the next
+//!   such read. hyper takes that as the client closing an idle keep-alive
+//!   connection: it flushes, ends cleanly, and calls `poll_shutdown`,
+//!   which `ClientIo` makes a no-op at rest. `into_parts` gives the socket
+//!   back.
 //! - A request head that had begun to arrive never meets end-of-file in
 //!   the connection that read its first byte, so hyper's header read
 //!   timeout applies to it from the burst's start. The one exception is a
@@ -65,12 +67,15 @@
 //!   error, shutdown) is closed.
 //!
 //! The cost is building a hyper connection per burst of requests rather
-//! than per client connection (see the README's benchmarks).
+//! than per client connection: some microseconds, paid only by a client
+//! that pauses longer than [`GRACE`] (which a connection spends with its
+//! hyper buffers).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -143,7 +148,7 @@ fn burst<'a>(
         let io = TokioIo::new(io);
         // Boxed, so that its memory is freed while the connection hibernates;
         // built in a block, so that the builder is not kept across awaits.
-        let mut served = {
+        let served = {
             let mut builder = http1::Builder::new();
             builder
                 .timer(HeadTimer(Arc::clone(&activity)))
@@ -159,19 +164,54 @@ fn burst<'a>(
             )
         };
         let mut idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+        // While resting: the count of reads and writes when the grace began.
+        let mut resting: Option<u64> = None;
         let mut stopping = false;
-        let result = loop {
-            tokio::select! {
-                result = &mut *served => break result,
-                () = timer.as_mut() => if idle.is_idle(&activity, timer.as_mut()) {
-                    tracing::debug!(peer = %conn.peer, "closing idle connection");
-                    return None;
-                },
-                _ = stopped.as_mut(), if !stopping => {
-                    stopping = true;
-                    Pin::new(&mut *served).graceful_shutdown();
-                }
+        // A `move` closure that hands `served` back: the state it keeps
+        // across polls is then kept once, not also as references to it.
+        let mut served = Some(served);
+        let ended = std::future::poll_fn(move |cx| loop {
+            let Some(hyper) = served.as_deref_mut() else {
+                return Poll::Pending;
+            };
+            if let Poll::Ready(result) = Pin::new(&mut *hyper).poll(cx) {
+                return Poll::Ready(served.take().map(|s| (s, result, stopping)));
             }
+            if !stopping && stopped.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                Pin::new(hyper).graceful_shutdown();
+                continue;
+            }
+            if resting.is_none() && activity.rest.load(Relaxed) == RESTING {
+                resting = Some(activity.io.load(Relaxed));
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + GRACE.min(conn.header / 2));
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match resting.take() {
+                // A whole grace at rest: hyper's next read ends the burst.
+                Some(seen)
+                    if activity.rest.load(Relaxed) == RESTING
+                        && activity.io.load(Relaxed) == seen =>
+                {
+                    activity.rest.store(HIBERNATE, Relaxed);
+                    idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+                }
+                // A request came: back to the idle check.
+                Some(_) => idle = IdleCheck::start(&activity, conn.idle, timer.as_mut()),
+                None if idle.is_idle(&activity, conn.idle, timer.as_mut()) => {
+                    return Poll::Ready(None)
+                }
+                None => {}
+            }
+        })
+        .await;
+        let Some((served, result, stopping)) = ended else {
+            tracing::debug!(peer = %conn.peer, "closing idle connection");
+            return None;
         };
         // `None`: upgraded, and the tunnel has the socket.
         let parts = served.into_parts()?;
@@ -192,6 +232,22 @@ fn burst<'a>(
         Some(stream)
     }
 }
+
+/// How long a keep-alive connection at rest stays on hyper, buffers and
+/// all, before it hibernates: a client that sends its next request sooner
+/// (a browser loading a page, a load generator, a pipeline of API calls)
+/// is served by the same hyper connection, so building one costs a burst
+/// of requests rather than each request. Capped at half the header
+/// timeout, which hyper runs while it waits.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// [`Activity::rest`]: a request or bytes in progress.
+pub(super) const BUSY: u8 = 0;
+/// [`Activity::rest`]: at rest, the socket found empty; the grace runs.
+pub(super) const RESTING: u8 = 1;
+/// [`Activity::rest`]: the grace is over: the next read that would block
+/// ends the burst.
+pub(super) const HIBERNATE: u8 = 2;
 
 /// hyper's timer for one burst. Only the header read timeout uses it on an
 /// HTTP/1 server connection, and hyper starts that timer whenever it begins

@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::h1::{BUSY, HIBERNATE, RESTING};
 use super::Activity;
 
 /// A client socket as one hyper connection sees it.
@@ -66,9 +67,10 @@ impl ClientIo {
 
 impl AsyncRead for ClientIo {
     /// Reads the prefix, then the socket. At rest, a read that would block
-    /// reports end-of-file instead, so that hyper ends the connection
-    /// cleanly between two requests (and [`ClientIo::poll_shutdown`] keeps
-    /// the socket open).
+    /// marks the connection resting; once its burst has let it rest a
+    /// while, such a read reports end-of-file instead, so that hyper ends
+    /// the connection cleanly between two requests (and
+    /// [`ClientIo::poll_shutdown`] keeps the socket open).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -88,8 +90,12 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Pending if this.at_rest() => {
-                this.rested = true;
-                Poll::Ready(Ok(()))
+                if this.activity.rest.load(Relaxed) == HIBERNATE {
+                    this.rested = true;
+                    return Poll::Ready(Ok(()));
+                }
+                this.activity.rest.store(RESTING, Relaxed);
+                Poll::Pending
             }
             r => {
                 if buf.filled().len() > before {
@@ -166,6 +172,7 @@ impl ClientIo {
     fn read_some(&mut self) {
         self.activity.moved();
         self.activity.quiet.store(false, Relaxed);
+        self.activity.rest.store(BUSY, Relaxed);
     }
 
     /// A write after reporting end-of-file (which hyper does not do at a

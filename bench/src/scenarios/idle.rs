@@ -47,7 +47,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     // fewer: HAProxy needs two descriptors per connection, the others one.
     let wanted = ctx.pick(10_000, 2_000);
     let limit = crate::procs::max_proxy_conns() as usize;
-    let hard = crate::procs::nofile_hard_limit().unwrap_or(20_000).min(200_000) as usize;
+    let hard = crate::procs::nofile_hard_limit()
+        .unwrap_or(20_000)
+        .min(200_000) as usize;
     let conns = |kind: Kind| {
         let room = if kind == Kind::Haproxy { limit } else { hard };
         wanted.min(room.saturating_sub(200) / 500 * 500)
