@@ -24,8 +24,9 @@
 //!
 //! Now an idle connection is only its socket: each burst of requests is
 //! served by a fresh `hyper::server::conn::http1` connection, which is
-//! ended at a message boundary once it has waited [`GRACE`] for the next
-//! request; the task then awaits the socket's readability (up to the idle
+//! ended at a message boundary where it would wait for the next request
+//! (at once after a connection's first burst, after [`GRACE`] after later
+//! ones); the task then awaits the socket's readability (up to the idle
 //! timeout) and starts the next one. Measured the same way:
 //!
 //! | bytes | what |
@@ -48,7 +49,7 @@
 //!   starting, clears the mark.
 //! - A read that finds the socket empty while the connection is quiet,
 //!   has no request in progress and has flushed all it wrote marks it
-//!   *resting*; after [`GRACE`] still resting, the burst lets
+//!   *resting*; still resting after the grace, the burst lets
 //!   [`ClientIo`] report end-of-file, instead of `Pending`, to the next
 //!   such read. hyper takes that as the client closing an idle keep-alive
 //!   connection: it flushes, ends cleanly, and calls `poll_shutdown`,
@@ -67,9 +68,9 @@
 //!   error, shutdown) is closed.
 //!
 //! The cost is building a hyper connection per burst of requests rather
-//! than per client connection: some microseconds, paid only by a client
-//! that pauses longer than [`GRACE`] (which a connection spends with its
-//! hyper buffers).
+//! than per client connection: some microseconds, paid once more by a
+//! client that comes back, and then only when it pauses longer than
+//! [`GRACE`] (which a connection spends with its hyper buffers).
 
 use std::future::Future;
 use std::pin::Pin;
