@@ -4,8 +4,9 @@
 //!
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
 //! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
-//!   timeouts, graceful drain; [`workers`]: the same on N threads, one
-//!   single-threaded runtime each.
+//!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
+//!   hibernate as bare sockets between requests; [`workers`]: the same on
+//!   N threads, one single-threaded runtime each.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.

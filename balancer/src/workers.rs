@@ -21,9 +21,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::pool::Pool;
 use crate::server;
@@ -107,12 +106,12 @@ pub(crate) async fn serve(
 /// One worker: serves the connections it is handed until the acceptor
 /// closes its queue, then drains them.
 async fn work(mut queue: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>, pool: Arc<Pool>) {
-    let graceful = GracefulShutdown::new();
+    let (stop, _) = watch::channel(());
     while let Some((stream, peer)) = queue.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => server::connection(stream, peer, &pool, &graceful),
+            Ok(stream) => server::spawn_connection(stream, peer, &pool, &stop),
             Err(e) => tracing::debug!(%peer, "cannot take the connection: {e}"),
         }
     }
-    server::drain(&pool, graceful).await;
+    server::drain(&pool, stop).await;
 }

@@ -4,6 +4,11 @@
 //!
 //! Each connection sends one `GET /` (so it is a real HTTP connection the
 //! proxy has parsed a request on) and then stays open, idle.
+//!
+//! The warm-up runs at the concurrency the connections are then opened
+//! with, so that what that concurrency costs once (upstream connections,
+//! buffers of the requests in progress together) is in the "before"
+//! figure and not spread over the idle connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use crate::load::{self, Load};
 use crate::proxies::{Kind, Opts};
 use crate::report::{bar_chart, fmt, ratio, Goal, Report};
 
-/// How many connections are opened at once.
+/// How many connections are opened at once (and warm up the proxy).
 const OPENING: usize = 200;
 
 #[derive(Debug, Serialize)]
@@ -38,12 +43,17 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
         "Idle keep-alive connections: memory per connection",
     )?;
     let work = rep.dir.join("run");
-    // 10,000 unless the open-files limit (which HAProxy needs two of per
-    // connection, and which we cannot raise) allows fewer.
+    // 10,000 unless the open-files limit, which we cannot raise, allows
+    // fewer: HAProxy needs two descriptors per connection, the others one.
+    let wanted = ctx.pick(10_000, 2_000);
     let limit = crate::procs::max_proxy_conns() as usize;
-    let n = ctx
-        .pick(10_000, 2_000)
-        .min(limit.saturating_sub(200) / 500 * 500);
+    let hard = crate::procs::nofile_hard_limit()
+        .unwrap_or(20_000)
+        .min(200_000) as usize;
+    let conns = |kind: Kind| {
+        let room = if kind == Kind::Haproxy { limit } else { hard };
+        wanted.min(room.saturating_sub(200) / 500 * 500)
+    };
     let hosts = (1..=3)
         .map(|i| Host::on([127, 0, 0, 1], &format!("b{i}")))
         .collect::<Result<Vec<_>>>()?;
@@ -66,11 +76,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
         let Some(p) = proxies.pop() else { continue };
         let Some(pr) = p.proc.as_ref() else { continue };
         let name = kind.name();
+        let n = conns(kind);
         load::run(Load::closed(
             &format!("{name} warm-up"),
             p.addr,
             "/",
-            16,
+            OPENING,
             Duration::from_millis(500),
         ))
         .await?;
@@ -123,13 +134,15 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
     cluster.stop();
 
     rep.para(&format!(
-        "{n} keep-alive connections, each having sent one `GET /`, held open and idle for 1 s against each \
-         proxy in turn (one worker each). RSS from `/proc/PID/status` (`VmRSS`) before opening them and after; \
-         the difference over the connections held is the memory per idle connection.{}",
-        if n < ctx.pick(10_000, 2_000) {
+        "{wanted} keep-alive connections, each having sent one `GET /`, held open and idle for 1 s against each \
+         proxy in turn (one worker each), opened {OPENING} at a time after a warm-up at that concurrency. RSS \
+         from `/proc/PID/status` (`VmRSS`) before opening them and after; the difference over the connections \
+         held is the memory per idle connection.{}",
+        if conns(Kind::Haproxy) < wanted {
             format!(
-                " (Fewer than 10,000: this machine's hard limit of {} open files leaves room for {limit} \
-                 HAProxy connections, at two descriptors each.)",
+                " (HAProxy gets {}: this machine's hard limit of {} open files leaves room for {limit} HAProxy \
+                 connections, at two descriptors each.)",
+                conns(Kind::Haproxy),
                 crate::procs::nofile_hard_limit().unwrap_or(0)
             )
         } else {
