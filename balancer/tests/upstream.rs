@@ -119,6 +119,19 @@ fn toml(addrs: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// `n` concurrent `GET url`, every one answered 200.
+async fn burst(url: &str, n: usize) {
+    let all: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
+    for r in all {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+}
+
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
@@ -156,16 +169,7 @@ async fn a_burst_stays_within_max_conns_per_backend_and_every_request_is_answere
         "[limits]\nmax_conns_per_backend = 4\n[timeouts]\nconnect = \"10s\"",
     ))
     .await;
-    let url = lb.url("/slow");
-    let burst: Vec<_> = (0..40)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url).await.status })
-        })
-        .collect();
-    for r in burst {
-        assert_eq!(r.await.unwrap(), 200);
-    }
+    burst(&lb.url("/slow"), 40).await;
     assert!(
         b.max_open() <= 4,
         "{} connections open at once",
@@ -182,17 +186,8 @@ async fn a_burst_stays_within_max_conns_per_backend_and_every_request_is_answere
 async fn without_a_cap_connections_follow_concurrency_and_are_kept_for_reuse() {
     let b = CountingBackend::start(None).await;
     let lb = Lb::start(&toml(&[b.addr], "")).await;
-    let url = lb.url("/slow");
     for _round in 0..3 {
-        let burst: Vec<_> = (0..10)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { get(&url).await.status })
-            })
-            .collect();
-        for r in burst {
-            assert_eq!(r.await.unwrap(), 200);
-        }
+        burst(&lb.url("/slow"), 10).await;
     }
     // Three bursts of ten: the second and third reuse the first's
     // connections instead of opening more.

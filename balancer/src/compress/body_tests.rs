@@ -202,8 +202,8 @@ impl Body for Channel {
 }
 
 /// Collects every data frame, checking the 64 KiB bound; returns the bytes
-/// and the trailers.
-async fn collect<B>(body: B) -> (Vec<u8>, Option<HeaderMap>)
+/// and the trailers (for the whole-body tests too).
+pub(super) async fn collect<B>(body: B) -> (Vec<u8>, Option<HeaderMap>)
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Debug,

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::body::{FLUSH_DELAY, MAX_OUT};
+use super::body_tests::collect;
 use super::whole::{self, WHOLE_MAX};
 use super::{Compressed, Encoding};
 
@@ -103,33 +104,6 @@ async fn poll_once<B: Body + Unpin>(
         })
     })
     .await
-}
-
-/// Every data frame (each at most `MAX_OUT`, none empty) and the trailers.
-async fn collect<B>(body: B) -> (Vec<u8>, Option<HeaderMap>)
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let mut body = std::pin::pin!(body);
-    let (mut data, mut trailers) = (Vec::new(), None);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.expect("no error");
-        assert!(trailers.is_none(), "trailers must come last");
-        match frame.into_data() {
-            Ok(chunk) => {
-                assert!(
-                    !chunk.is_empty() && chunk.len() <= MAX_OUT,
-                    "{}",
-                    chunk.len()
-                );
-                data.extend_from_slice(&chunk);
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    assert!(body.is_end_stream());
-    (data, trailers)
 }
 
 #[tokio::test]
