@@ -335,7 +335,9 @@ impl Backend {
         {
             tracing::warn!(backend = %self.addr, "backend down: connection refused");
         }
-        if outcome == Outcome::Client {
+        // Neither the client's fault nor our own connection limit says
+        // anything about the backend: the streak is left as it was.
+        if matches!(outcome, Outcome::Client | Outcome::Saturated) {
             return false;
         }
         self.outlier
@@ -649,6 +651,7 @@ mod tests {
             ),
             (Outcome::Timeout, false, true, 1),
             (Outcome::Client, false, true, 1), // not the backend's doing
+            (Outcome::Saturated, false, true, 1), // nor is our own limit
             (Outcome::Reset, true, true, 2),   // third failure in a row
             (Outcome::Response(StatusCode::OK), false, true, 2),
             (Outcome::Protocol, false, true, 3),
