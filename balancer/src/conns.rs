@@ -11,7 +11,7 @@
 //! connection lists:
 //!
 //! - **The request's task drives its connection.** A [`Lease`] holds the
-//!   HTTP/1 connection future itself; [`Lease::send`] polls it beside the
+//!   HTTP/1 connection future itself; [`Conns::send`] polls it beside the
 //!   response, and the response body ([`ResponseBody`]) polls it while the
 //!   body streams. When the body ends the connection goes back idle. No
 //!   task is spawned per connection and nothing crosses tasks per request
@@ -257,7 +257,7 @@ impl Conns {
             };
             match got {
                 Got::Idle(live) => {
-                    let mut lease = Lease::new(live, true);
+                    let mut lease = Lease::new(live);
                     match lease.send_once(req).await {
                         Ok(resp) => return Ok((resp, lease)),
                         Err(mut e) => match e.take_message() {
@@ -287,7 +287,7 @@ impl Conns {
                 }
             }
         };
-        let mut lease = Lease::new(live, false);
+        let mut lease = Lease::new(live);
         match lease.send_once(req).await {
             Ok(resp) => Ok((resp, lease)),
             Err(mut e) => Err(Failed {
@@ -503,8 +503,6 @@ pub fn spawn_sweeper(conns: Weak<Conns>, idle: impl Fn() -> Option<Duration> + S
 /// a client gone), it closes.
 pub struct Lease {
     live: Option<Live>,
-    /// Whether the connection had served an exchange before this one.
-    pub reused: bool,
     /// When the request was handed to the connection (after any connect
     /// or wait at the cap).
     pub sent_at: Instant,
@@ -513,16 +511,15 @@ pub struct Lease {
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("reused", &self.reused)
+            .field("sent_at", &self.sent_at)
             .finish_non_exhaustive()
     }
 }
 
 impl Lease {
-    fn new(live: Live, reused: bool) -> Lease {
+    fn new(live: Live) -> Lease {
         Lease {
             live: Some(live),
-            reused,
             sent_at: Instant::now(),
         }
     }
@@ -627,19 +624,20 @@ impl Body for ResponseBody {
                 frame = Pin::new(&mut *this.body).poll_frame(cx);
             }
         }
-        match &frame {
-            Poll::Ready(None) => {
-                if let Some(mut lease) = this.lease.take() {
-                    lease.finish(Some(cx));
-                }
+        let ended = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            // The exchange broke: the connection closes with the lease.
+            Poll::Ready(Some(Err(_))) => {
+                *this.lease = None;
+                false
             }
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => {
-                if let Some(mut lease) = this.lease.take() {
-                    lease.finish(Some(cx));
-                }
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(mut lease) = this.lease.take() {
+                lease.finish(Some(cx));
             }
-            Poll::Ready(Some(Err(_))) => *this.lease = None,
-            _ => {}
         }
         frame
     }

@@ -84,6 +84,9 @@ async fn forward(
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, peer, host);
+    // Without one from the client (HTTP/1.0), each attempt names its own
+    // backend.
+    let client_host = parts.headers.contains_key(header::HOST);
     let target = origin_form(&parts.uri);
     let idempotent = matches!(
         parts.method,
@@ -133,7 +136,7 @@ async fn forward(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        if !out.headers().contains_key(header::HOST) {
+        if !client_host {
             out.headers_mut()
                 .insert(header::HOST, backend.host_header.clone());
         }
@@ -184,6 +187,9 @@ async fn forward(
         };
         if let Some(back) = err.request {
             parts.headers = back.into_parts().0.headers;
+            if !client_host {
+                parts.headers.remove(header::HOST);
+            }
         }
         let why = error_chain(&err.error);
         let outcome = Outcome::of_send_error(&err.error);

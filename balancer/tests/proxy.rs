@@ -107,6 +107,25 @@ async fn forwarding_headers_are_set_and_the_client_host_is_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_host_names_the_backend_it_reaches_even_after_a_retry() {
+    // Round robin starts with the first backend, which refuses: the request
+    // is retried on the second, and must name that one, not the first.
+    let dead = support::dead_addr();
+    let host = Host::start("a");
+    let lb = Lb::start(&format!(
+        "{}\n[balance]\nstrategy = \"round-robin\"\n{QUIET_HEALTH}",
+        backends_without_agents(&[dead, host.addr])
+    ))
+    .await;
+    let r = raw_exchange(lb.addr, b"GET /headers HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = header_lines(&r.text());
+    let hosts: Vec<&String> = lines.iter().filter(|l| l.starts_with("host:")).collect();
+    assert_eq!(hosts, [&format!("host: {}", host.addr)], "{}", r.text());
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
     let host = Host::start("a");
     let lb = Lb::start(&backends_without_agents(&[host.addr])).await;

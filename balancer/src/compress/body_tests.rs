@@ -265,7 +265,7 @@ async fn every_level_round_trips() {
 }
 
 /// Polls once: `Some(frame)` if ready, `None` if pending.
-async fn poll_once<B: Body + Unpin>(
+pub(super) async fn poll_once<B: Body + Unpin>(
     body: &mut B,
 ) -> Option<Option<Result<Frame<B::Data>, B::Error>>> {
     poll_fn(|cx| {

@@ -2,7 +2,6 @@
 //! `Content-Length` gives): compressed whole with libdeflate up to
 //! `WHOLE_MAX`, streamed above it, and streamed from the first stall on.
 
-use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +13,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::body::{FLUSH_DELAY, MAX_OUT};
-use super::body_tests::collect;
+use super::body_tests::{collect, poll_once};
 use super::whole::{self, WHOLE_MAX};
 use super::{Compressed, Encoding};
 
@@ -91,19 +90,6 @@ fn ready(data: &[u8], frame: usize) -> Channel {
             .expect("open");
     }
     body
-}
-
-/// Polls once: `Some(frame)` if ready, `None` if pending.
-async fn poll_once<B: Body + Unpin>(
-    body: &mut B,
-) -> Option<Option<Result<Frame<B::Data>, B::Error>>> {
-    poll_fn(|cx| {
-        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Ready(frame) => Some(frame),
-            Poll::Pending => None,
-        })
-    })
-    .await
 }
 
 #[tokio::test]
