@@ -141,10 +141,10 @@ pub enum AuthError {
     #[error("malformed {SCHEME} credentials: {0}")]
     Malformed(&'static str),
     /// Well-formed, but not made with this key.
-    #[error("bad MAC (made with another key?)")]
+    #[error("not signed with this key (bad MAC)")]
     BadMac,
     /// An answer made for another poll's nonce.
-    #[error("signed for an earlier nonce (a replayed answer?)")]
+    #[error("signed for another poll's nonce (a replayed answer?)")]
     StaleNonce,
 }
 

@@ -16,7 +16,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use agent::{Key, LoadReport, Nonce};
+use agent::{AuthError, Key, LoadReport, Nonce};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 
@@ -127,7 +127,15 @@ async fn poll(
         if let Some((key, nonce)) = signed {
             let mac = parts.headers.get(agent::auth::RESPONSE_HEADER);
             key.verify(&nonce, mac.map(http::HeaderValue::as_bytes), &body)
-                .map_err(|e| PollError::Unauthenticated(format!("{e}")))?;
+                .map_err(|e| {
+                    PollError::Unauthenticated(match e {
+                        AuthError::Missing => {
+                            "the answer is not signed (is the agent started with --key-file?)"
+                                .to_owned()
+                        }
+                        other => format!("the answer is {other}"),
+                    })
+                })?;
         }
         Ok(LoadReport::parse(&body).map_err(|e| e.to_string())?)
     };
