@@ -211,7 +211,10 @@ impl Key {
 
     /// The `Authorization` value of a poll with `nonce`.
     pub fn authorization(&self, nonce: &Nonce) -> String {
-        let mac = self.mac(&[REQUEST_PREFIX, &nonce.0]).finalize().into_bytes();
+        let mac = self
+            .mac(&[REQUEST_PREFIX, &nonce.0])
+            .finalize()
+            .into_bytes();
         format!("{SCHEME} nonce={nonce}, mac={}", hex(&mac))
     }
 
@@ -393,11 +396,26 @@ mod tests {
             (None, AuthError::Missing),
             (Some("Bearer abc"), AuthError::Missing),
             (Some(&forged), AuthError::BadMac),
-            (Some("LB-HMAC"), AuthError::Malformed("expected nonce=..., mac=...")),
-            (Some("LB-HMAC nonce=00, mac=00"), AuthError::Malformed("nonce must be 32 hex digits")),
-            (Some(&good.replace("mac=", "tag=")), AuthError::Malformed("unknown parameter")),
-            (Some(&format!("{good}, nonce=00")), AuthError::Malformed("a parameter given twice")),
-            (Some(&good.replace("mac=db", "mac=zz")), AuthError::Malformed("mac must be 64 hex digits")),
+            (
+                Some("LB-HMAC"),
+                AuthError::Malformed("expected nonce=..., mac=..."),
+            ),
+            (
+                Some("LB-HMAC nonce=00, mac=00"),
+                AuthError::Malformed("nonce must be 32 hex digits"),
+            ),
+            (
+                Some(&good.replace("mac=", "tag=")),
+                AuthError::Malformed("unknown parameter"),
+            ),
+            (
+                Some(&format!("{good}, nonce=00")),
+                AuthError::Malformed("a parameter given twice"),
+            ),
+            (
+                Some(&good.replace("mac=db", "mac=zz")),
+                AuthError::Malformed("mac must be 64 hex digits"),
+            ),
             (Some(&good.replace("mac=db", "mac=dc")), AuthError::BadMac),
         ];
         for (value, want) in cases {
@@ -417,13 +435,19 @@ mod tests {
         assert_eq!(key().verify(&sent, Some(signed.as_bytes()), BODY), Ok(()));
         // Absent, another key, another body, another poll's answer.
         assert_eq!(key().verify(&sent, None, BODY), Err(AuthError::Missing));
-        let other = Key::new(b"another key, 16+ bytes").unwrap().sign(&sent, BODY);
+        let other = Key::new(b"another key, 16+ bytes")
+            .unwrap()
+            .sign(&sent, BODY);
         assert_eq!(
             key().verify(&sent, Some(other.as_bytes()), BODY),
             Err(AuthError::BadMac)
         );
         assert_eq!(
-            key().verify(&sent, Some(signed.as_bytes()), br#"{"cpu":0.0,"memory":0.25}"#),
+            key().verify(
+                &sent,
+                Some(signed.as_bytes()),
+                br#"{"cpu":0.0,"memory":0.25}"#
+            ),
             Err(AuthError::BadMac)
         );
         let later = Nonce::from_bytes([7; 16]);
@@ -462,9 +486,15 @@ mod tests {
 
         let short = write("short", b"0123456789abcde\n");
         let e = Key::read(&short).unwrap_err().to_string();
-        assert!(e.contains("short") && e.contains("15 bytes") && e.contains("16"), "{e}");
+        assert!(
+            e.contains("short") && e.contains("15 bytes") && e.contains("16"),
+            "{e}"
+        );
         let empty = write("empty", b"\n");
-        assert!(matches!(Key::read(&empty), Err(KeyError::TooShort { len: 0, .. })));
+        assert!(matches!(
+            Key::read(&empty),
+            Err(KeyError::TooShort { len: 0, .. })
+        ));
         let long = write("long", &[b'k'; 5000]);
         assert!(matches!(Key::read(&long), Err(KeyError::TooLong { .. })));
         let missing = dir.join("missing");

@@ -154,7 +154,10 @@ fn answer<B>(
     let sign = match key {
         None => None,
         Some(key) => {
-            let credentials = request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+            let credentials = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
             match key.check_authorization(credentials) {
                 Ok(nonce) => Some((key, nonce)),
                 Err(why) => {

@@ -72,7 +72,14 @@ async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[String])
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -99,7 +106,10 @@ async fn strangers_get_401_with_a_one_line_body_on_every_path() {
         ("/load", vec![]),
         ("/load", vec![forged.clone()]),
         ("/load", vec![tampered]),
-        ("/load", vec!["Authorization: LB-HMAC nonce=00, mac=00".to_owned()]),
+        (
+            "/load",
+            vec!["Authorization: LB-HMAC nonce=00, mac=00".to_owned()],
+        ),
         ("/load", vec!["Authorization: Bearer whatever".to_owned()]),
         ("/nope", vec![]),
         ("/nope", vec![forged]),
@@ -109,7 +119,10 @@ async fn strangers_get_401_with_a_one_line_body_on_every_path() {
         assert_eq!(a.header("www-authenticate"), Some("LB-HMAC"));
         assert_eq!(a.header(auth::RESPONSE_HEADER), None);
         let body = String::from_utf8(a.body).unwrap();
-        assert!(body.ends_with('\n') && body.lines().count() == 1, "{body:?}");
+        assert!(
+            body.ends_with('\n') && body.lines().count() == 1,
+            "{body:?}"
+        );
         assert!(!body.contains("cpu"), "{body}");
     }
 }

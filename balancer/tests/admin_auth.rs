@@ -57,17 +57,27 @@ async fn call(admin: SocketAddr, method: Method, path: &str, auth: Option<&str>)
 
 fn assert_one_line(r: &Resp) {
     let text = r.text();
-    assert!(text.ends_with('\n') && text.lines().count() == 1, "{text:?}");
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
 }
 
 #[tokio::test]
 async fn without_a_token_reading_works_and_every_change_is_forbidden() {
     let admin = start("", "").await;
     assert_eq!(call(admin, Method::GET, "/healthz", None).await.status, 200);
-    assert_eq!(call(admin, Method::HEAD, "/status.json", None).await.status, 200);
+    assert_eq!(
+        call(admin, Method::HEAD, "/status.json", None).await.status,
+        200
+    );
     for (method, path, auth) in [
         (Method::POST, "/status", None),
-        (Method::POST, "/backends/127.0.0.1:1/drain", Some("Bearer guess")),
+        (
+            Method::POST,
+            "/backends/127.0.0.1:1/drain",
+            Some("Bearer guess"),
+        ),
         (Method::PUT, "/backends/127.0.0.1:1/weight", None),
         (Method::DELETE, "/backends/127.0.0.1:1", None),
         (Method::OPTIONS, "/", None),
@@ -89,7 +99,10 @@ async fn with_a_token_changes_need_it_and_reading_does_not() {
     assert_eq!(missing.status, 401);
     assert_one_line(&missing);
     let challenge = missing.headers.get("www-authenticate").unwrap();
-    assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{challenge:?}");
+    assert!(
+        challenge.to_str().unwrap().starts_with("Bearer"),
+        "{challenge:?}"
+    );
 
     for wrong in [
         "Bearer nope".to_owned(),
@@ -118,7 +131,9 @@ async fn with_a_token_changes_need_it_and_reading_does_not() {
 async fn a_slow_head_is_cut_off_after_the_header_timeout() {
     let admin = start("", "[timeouts]\nheader = \"1s\"\nidle = \"60s\"\n").await;
     let mut slow = TcpStream::connect(admin).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a")
+        .await
+        .unwrap();
     let took = closed_within(&mut slow, Duration::from_secs(10)).await;
     assert!(took.is_ok(), "{took:?}");
 }
@@ -176,7 +191,10 @@ fn check_refuses_an_admin_listener_off_loopback_without_a_token() {
         ),
     );
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("admin changes need the bearer token"), "{stdout}");
+    assert!(
+        stdout.contains("admin changes need the bearer token"),
+        "{stdout}"
+    );
 
     let short = file("short.token", "short\n");
     let (code, _, stderr) = check(

@@ -101,7 +101,11 @@ impl Balancer {
                 "balancer exited: {}",
                 self.log()
             );
-            assert!(Instant::now() < deadline, "{addr} never listened: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{addr} never listened: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -143,7 +147,11 @@ fn out_of_file_descriptors_the_listeners_back_off_and_log_little() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lb.log().contains("Too many open files") {
-        assert!(Instant::now() < deadline, "never out of descriptors: {}", lb.log());
+        assert!(
+            Instant::now() < deadline,
+            "never out of descriptors: {}",
+            lb.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Now the admin connection: it cannot be accepted either.
@@ -158,14 +166,23 @@ fn out_of_file_descriptors_the_listeners_back_off_and_log_little() {
     let (cpu, log) = (lb.cpu() - cpu, lb.log().len() - log);
     let text = lb.log();
     // The end of the log, for failure messages (a spinning loop writes MiBs).
-    let tail = &text[text.floor_char_boundary(text.len().saturating_sub(2000))..];
+    let tail: String = {
+        let chars: Vec<char> = text.chars().rev().take(2000).collect();
+        chars.into_iter().rev().collect()
+    };
     eprintln!("starved for {WATCH:?}: {cpu:?} of CPU, {log} bytes of log");
     // Spinning would take a whole core (3 s here, or at least 1 s on this
     // shared machine); backing off takes a few milliseconds.
-    assert!(cpu < Duration::from_millis(600), "{cpu:?} of CPU in {WATCH:?}");
+    assert!(
+        cpu < Duration::from_millis(600),
+        "{cpu:?} of CPU in {WATCH:?}"
+    );
     // One line a second at most: about 3 lines of some 200 bytes, where the
     // 20-a-second pause alone would write some 12 KiB.
-    assert!(log < 3000, "{log} bytes of log in {WATCH:?}, ending:\n{tail}");
+    assert!(
+        log < 3000,
+        "{log} bytes of log in {WATCH:?}, ending:\n{tail}"
+    );
     assert!(
         text.contains("more accept failures since the last report"),
         "{tail}"
@@ -177,7 +194,10 @@ fn out_of_file_descriptors_the_listeners_back_off_and_log_little() {
         .unwrap();
     let mut byte = [0u8; 1];
     let early = waiting.peek(&mut byte);
-    assert!(early.is_err(), "the admin connection was served: {early:?}\n{text}");
+    assert!(
+        early.is_err(),
+        "the admin connection was served: {early:?}\n{text}"
+    );
     // ...and is served once the clients leave.
     waiting
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -289,7 +289,10 @@ async fn unauthenticated_reports_count_as_unknown_load_and_are_logged_once() {
     // is the replays after it that must not count.
     let deadline = Instant::now() + Duration::from_secs(10);
     while log_lines(replayer, "agent reporting").is_empty() {
-        assert!(Instant::now() < deadline, "the first poll never got through");
+        assert!(
+            Instant::now() < deadline,
+            "the first poll never got through"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_cpus(&lb, &[Some(0.5), None, None, None, None]).await;

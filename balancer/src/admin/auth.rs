@@ -90,7 +90,11 @@ mod tests {
     #[test]
     fn without_a_token_configured_every_change_is_forbidden() {
         for auth in [None, Some("Bearer anything"), Some("Bearer ")] {
-            assert_eq!(status(authorize(&post(auth), None)), (403, None), "{auth:?}");
+            assert_eq!(
+                status(authorize(&post(auth), None)),
+                (403, None),
+                "{auth:?}"
+            );
         }
     }
 

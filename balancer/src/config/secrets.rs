@@ -109,10 +109,8 @@ mod tests {
 
     impl Dir {
         fn new(name: &str) -> Dir {
-            let dir = std::env::temp_dir().join(format!(
-                "balancer-secrets-{}-{name}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("balancer-secrets-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Dir(dir)
         }
@@ -184,7 +182,12 @@ mod tests {
                 "{e}"
             );
         }
-        for listen in ["127.0.0.1:9000", "127.0.0.2:9000", "[::1]:9000", "[::ffff:127.0.0.1]:9000"] {
+        for listen in [
+            "127.0.0.1:9000",
+            "127.0.0.2:9000",
+            "[::1]:9000",
+            "[::ffff:127.0.0.1]:9000",
+        ] {
             parse(&format!("[admin]\nlisten = \"{listen}\"\n")).unwrap();
         }
         let dir = Dir::new("offloop");

@@ -33,7 +33,9 @@ fn epoch() -> Instant {
 /// Notes that accepting on `listener` failed with `e`: logs it, unless a
 /// line went out less than [`LOG_EVERY`] ago (then counts it for the next).
 pub(crate) fn accept_failed(listener: &TcpListener, e: &io::Error) {
-    let now = Instant::now().saturating_duration_since(epoch()).as_millis() as u64;
+    let now = Instant::now()
+        .saturating_duration_since(epoch())
+        .as_millis() as u64;
     let next = NEXT_LOG_MS.load(Relaxed);
     let due = now >= next
         && NEXT_LOG_MS
