@@ -262,3 +262,85 @@ fn haproxy_conf(addr: SocketAddr, tls: Option<SocketAddr>, hosts: &[Host], opts:
          backend be\n    balance roundrobin\n    http-reuse always\n{servers}"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::{haproxy_conf, nginx_conf, Opts};
+    use crate::certs::CertFiles;
+    use crate::cluster::Host;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn hosts() -> Vec<Host> {
+        vec![Host {
+            id: "b1".into(),
+            backend: addr("127.0.0.1:9001"),
+            agent: addr("127.0.0.1:9101"),
+        }]
+    }
+
+    fn tls_opts() -> Opts {
+        Opts {
+            workers: 2,
+            tls: Some(CertFiles {
+                cert: "/run/c/cert.pem".into(),
+                key: "/run/c/key.pem".into(),
+                combined: "/run/c/combined.pem".into(),
+                der: Vec::new().into(),
+            }),
+            ..Opts::default()
+        }
+    }
+
+    #[test]
+    fn nginx_listens_with_tls_beside_plain_in_the_same_server() {
+        let tls = Some(addr("127.0.0.1:8443"));
+        let conf = nginx_conf(
+            addr("127.0.0.1:8080"),
+            tls,
+            &hosts(),
+            Path::new("/d"),
+            &tls_opts(),
+        );
+        let server = &conf[conf.find("    server {").unwrap()..];
+        for line in [
+            "        listen 127.0.0.1:8080;\n",
+            "        listen 127.0.0.1:8443 ssl http2;\n",
+            "        ssl_certificate /run/c/cert.pem;\n",
+            "        ssl_certificate_key /run/c/key.pem;\n",
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n",
+        ] {
+            assert!(server.contains(line), "{line:?} in\n{conf}");
+        }
+        assert!(conf.contains("worker_processes 2;\n"));
+        // Without TLS: no TLS listener, no certificate.
+        let plain = nginx_conf(
+            addr("127.0.0.1:8080"),
+            None,
+            &hosts(),
+            Path::new("/d"),
+            &Opts::default(),
+        );
+        assert!(!plain.contains("ssl"), "{plain}");
+    }
+
+    #[test]
+    fn haproxy_binds_tls_with_cert_and_key_in_one_pem() {
+        let tls = Some(addr("127.0.0.1:8443"));
+        let conf = haproxy_conf(addr("127.0.0.1:8080"), tls, &hosts(), &tls_opts());
+        let fe = &conf[conf.find("frontend fe\n").unwrap()..conf.find("backend be\n").unwrap()];
+        assert!(fe.contains("    bind 127.0.0.1:8080\n"), "{fe}");
+        assert!(
+            fe.contains("    bind 127.0.0.1:8443 ssl crt /run/c/combined.pem alpn h2,http/1.1\n"),
+            "{fe}"
+        );
+        assert!(conf.contains("    nbthread 2\n"));
+        let plain = haproxy_conf(addr("127.0.0.1:8080"), None, &hosts(), &Opts::default());
+        assert!(!plain.contains("ssl"), "{plain}");
+    }
+}

@@ -18,7 +18,7 @@ const RIVALS: [&str; 2] = ["nginx", "haproxy"];
 /// theirs, CPU at most theirs.
 const GOAL: f64 = 1.0;
 /// The longest error text in a table cell; the full text follows the table.
-const CELL_MAX: usize = 160;
+const CELL_MAX: usize = 200;
 
 impl Pass {
     /// The median over the rounds of `target`'s rate in runs of kind `k`.
@@ -54,10 +54,28 @@ fn present(passes: &[Pass]) -> Vec<&'static str> {
         .collect()
 }
 
-/// An error on one line for a table cell: whitespace runs collapsed, `|`
-/// escaped, at most [`CELL_MAX`] characters.
+/// An error on one line for a table cell: for a process that exited, its
+/// first line up to the log's path and the log's first line; paths cut to
+/// their file names, whitespace runs collapsed, `|` escaped, at most
+/// [`CELL_MAX`] characters. The full text follows the table.
 fn one_line(e: &str) -> String {
-    let flat = e.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut lines = e.lines();
+    let first = lines.next().unwrap_or_default();
+    let text = match first.split_once("; its log (") {
+        Some((head, _)) => match lines.find(|l| !l.trim().is_empty()) {
+            Some(log) => format!("{head}: {}", log.trim()),
+            None => head.to_string(),
+        },
+        None => e.to_string(),
+    };
+    let flat = text
+        .split_whitespace()
+        .map(|w| match w.strip_prefix('/') {
+            Some(path) => path.rsplit('/').next().unwrap_or(path),
+            None => w,
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut s: String = flat.chars().take(CELL_MAX).collect();
     if flat.chars().count() > CELL_MAX {
         s.push('…');
@@ -206,10 +224,14 @@ fn rate_row(pass: &Pass, k: &str, f: &Figures) -> Vec<String> {
         fmt(tls, 0),
         fmt(ratio(tls, plain), 2),
         fmt(pass.rps(k, RunKind::Handshakes), 0),
-        format!(
-            "{} / {} / {}",
-            f.plain.errors, f.tls.errors, f.handshakes.errors
-        ),
+        if f.failed.is_some() && RunKind::ALL.iter().all(|&r| f.series(r).rps.is_empty()) {
+            "—".into()
+        } else {
+            format!(
+                "{} / {} / {}",
+                f.plain.errors, f.tls.errors, f.handshakes.errors
+            )
+        },
     ]
 }
 
@@ -400,8 +422,9 @@ mod tests {
     fn a_proxy_that_did_not_start_is_not_measured_and_says_why() {
         let ours = Figures {
             failed: Some(
-                "did not start: balancer exited (exit status: 2) before listening on 127.0.0.1:1;\n  \
-                 error: unknown field `tls` | expected one of …"
+                "did not start: balancer exited (exit status: 2) before listening on 127.0.0.1:1; its log \
+                 (/tmp/out/tls/run/balancer.log) ends with:\n  balancer: /tmp/out/tls/run/balancer.toml:21:2: \
+                 unknown field `tls`, expected one of `listen`, `backends`\n     21 | [tls]"
                     .into(),
             ),
             ..Figures::default()
@@ -414,9 +437,10 @@ mod tests {
         assert_eq!(
             row[1],
             "**not measured**: did not start: balancer exited (exit status: 2) before listening on \
-             127.0.0.1:1; error: unknown field `tls` \\| expected one of …"
+             127.0.0.1:1: balancer: balancer.toml:21:2: unknown field `tls`, expected one of `listen`, \
+             `backends`"
         );
-        assert!(row[2..6].iter().all(|c| c == "—"), "{row:?}");
+        assert!(row[2..].iter().all(|c| c == "—"), "{row:?}");
     }
 
     #[test]
@@ -439,7 +463,11 @@ mod tests {
 
     #[test]
     fn errors_fit_one_table_cell() {
-        assert_eq!(one_line("a |\n  b"), "a \\| b");
+        assert_eq!(one_line("a |\n  b /x/y/z.log"), "a \\| b z.log");
+        assert_eq!(
+            one_line("x exited; its log (/a/x.log) ends with:\n\n  boom\n  more"),
+            "x exited: boom"
+        );
         let long = "x".repeat(CELL_MAX + 10);
         let cell = one_line(&long);
         assert_eq!(cell.chars().count(), CELL_MAX + 1);
