@@ -192,7 +192,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Goal>> {
 }
 
 /// Starts the proxies with `workers` workers and TLS, measures, stops
-/// them. A proxy that fails to start is recorded as failed.
+/// them.
 async fn measure(
     ctx: &Ctx,
     hosts: &[Host],
@@ -201,27 +201,7 @@ async fn measure(
     shape: Shape,
     env: &Env,
 ) -> Result<(Pass, Vec<String>)> {
-    let opts = Opts {
-        workers,
-        tls: Some(env.certs.clone()),
-        ..Opts::default()
-    };
-    let mut figs: BTreeMap<&'static str, Figures> = BTreeMap::new();
-    let mut proxies = Vec::new();
-    let mut skipped = Vec::new();
-    for kind in KINDS {
-        match proxies::start(kind, hosts, dir, opts.clone()).await {
-            Ok(Ok(p)) => proxies.push(p),
-            Ok(Err(why)) => {
-                eprintln!("  {why}");
-                skipped.push(why);
-            }
-            Err(e) => {
-                eprintln!("  {} ×{workers} did not start: {e:#}", kind.name());
-                figs.entry(kind.name()).or_default().failed = Some(format!("did not start: {e:#}"));
-            }
-        }
-    }
+    let (proxies, skipped, mut figs) = start_all(hosts, dir, workers, env).await;
     // Warm-up: connections, pools, the TLS libraries' lazy set-up.
     let warm = ctx.secs(1.0, 0.3);
     for p in &proxies {
@@ -255,13 +235,44 @@ async fn measure(
     }
     let mut procs: Vec<Proc> = proxies.into_iter().filter_map(|p| p.proc).collect();
     stop_all(&mut procs);
-    Ok((
-        Pass {
-            workers,
-            figures: figs,
-        },
-        skipped,
-    ))
+    let pass = Pass {
+        workers,
+        figures: figs,
+    };
+    Ok((pass, skipped))
+}
+
+/// Starts every proxy of [`KINDS`] with TLS. Returns the started ones, the
+/// notes of those skipped (not installed), and the figures with a failure
+/// recorded for each that did not start (our balancer without `[tls]`).
+async fn start_all(
+    hosts: &[Host],
+    dir: &Path,
+    workers: usize,
+    env: &Env,
+) -> (Vec<Proxy>, Vec<String>, BTreeMap<&'static str, Figures>) {
+    let opts = Opts {
+        workers,
+        tls: Some(env.certs.clone()),
+        ..Opts::default()
+    };
+    let mut figs: BTreeMap<&'static str, Figures> = BTreeMap::new();
+    let mut proxies = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in KINDS {
+        match proxies::start(kind, hosts, dir, opts.clone()).await {
+            Ok(Ok(p)) => proxies.push(p),
+            Ok(Err(why)) => {
+                eprintln!("  {why}");
+                skipped.push(why);
+            }
+            Err(e) => {
+                eprintln!("  {} ×{workers} did not start: {e:#}", kind.name());
+                figs.entry(kind.name()).or_default().failed = Some(format!("did not start: {e:#}"));
+            }
+        }
+    }
+    (proxies, skipped, figs)
 }
 
 /// One run of kind `k` against `p`; `None` when it needs wrk and wrk is

@@ -21,17 +21,21 @@ const GOAL: f64 = 1.0;
 const CELL_MAX: usize = 200;
 
 impl Pass {
+    /// `target`'s figures, unless it failed: a proxy that failed part-way
+    /// is not measured at all, rather than on its rounds before the failure.
+    fn measured(&self, target: &str) -> Option<&Figures> {
+        self.figures.get(target).filter(|f| f.failed.is_none())
+    }
+
     /// The median over the rounds of `target`'s rate in runs of kind `k`.
     fn rps(&self, target: &str, k: RunKind) -> Option<f64> {
-        self.figures
-            .get(target)
+        self.measured(target)
             .and_then(|f| median(f.series(k).rps.clone()))
     }
 
     /// The median round by total CPU of `target` in runs of kind `k`.
     fn cpu(&self, target: &str, k: RunKind) -> Option<CpuTimes> {
-        self.figures
-            .get(target)
+        self.measured(target)
             .and_then(|f| median_cpu(f.series(k).cpu.clone()))
     }
 }
@@ -224,7 +228,7 @@ fn rate_row(pass: &Pass, k: &str, f: &Figures) -> Vec<String> {
         fmt(tls, 0),
         fmt(ratio(tls, plain), 2),
         fmt(pass.rps(k, RunKind::Handshakes), 0),
-        if f.failed.is_some() && RunKind::ALL.iter().all(|&r| f.series(r).rps.is_empty()) {
+        if f.failed.is_some() {
             "—".into()
         } else {
             format!(
@@ -439,6 +443,23 @@ mod tests {
             "**not measured**: did not start: balancer exited (exit status: 2) before listening on \
              127.0.0.1:1: balancer: balancer.toml:21:2: unknown field `tls`, expected one of `listen`, \
              `backends`"
+        );
+        assert!(row[2..].iter().all(|c| c == "—"), "{row:?}");
+    }
+
+    #[test]
+    fn a_proxy_that_failed_part_way_counts_for_nothing() {
+        let mut nginx = measured(90_000.0, 0.1, 9_000.0, 1.0);
+        nginx.failed = Some("handshakes run failed: no handshake succeeded".into());
+        let mut p = pass(measured(25_000.0, 3.0, 2_000.0, 45.0));
+        p.figures.insert("nginx", nginx);
+        // Against HAProxy alone.
+        let m: Vec<Option<f64>> = goals(&p).iter().map(|g| g.measured).collect();
+        assert_eq!(m, [Some(1.25), Some(0.8), Some(1.5), Some(0.9)]);
+        let row = rate_row(&p, "nginx", &p.figures["nginx"]);
+        assert_eq!(
+            row[1],
+            "**not measured**: handshakes run failed: no handshake succeeded"
         );
         assert!(row[2..].iter().all(|c| c == "—"), "{row:?}");
     }
