@@ -20,7 +20,8 @@
 //! - [`slow_start`]: the ramp of a backend that came up or was added;
 //!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
-//!   [`monitor`]: the staggered, jittered loop both run.
+//!   [`monitor`]: the staggered, jittered loop both run; [`deadline`]:
+//!   time arithmetic on configured durations that saturates, never panics.
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
@@ -34,6 +35,7 @@ pub mod budget;
 pub mod compress;
 pub mod config;
 pub mod conns;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod latency;

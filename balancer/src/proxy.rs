@@ -106,7 +106,7 @@ async fn forward(
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
     let mut last_error = ProxyError::NoBackend;
-    let attempts = config.balance.retries + 1;
+    let attempts = config.balance.retries.saturating_add(1);
     pool.budget.deposit();
     for attempt in 1..=attempts {
         let Some(i) = pool.choose(&snap, &tried, &mut rng) else {

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::deadline;
 use crate::pool::Pool;
 use crate::proxy;
 
@@ -354,7 +355,7 @@ struct IdleCheck {
 impl IdleCheck {
     /// Starts watching `activity`, arming `timer` for the first check.
     fn start(activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> IdleCheck {
-        timer.reset(Instant::now() + limit);
+        timer.reset(deadline::from_now(limit));
         IdleCheck {
             seen: activity.io.load(Relaxed),
         }
@@ -368,7 +369,7 @@ impl IdleCheck {
             return true;
         }
         self.seen = now;
-        timer.reset(Instant::now() + limit);
+        timer.reset(deadline::from_now(limit));
         false
     }
 }

@@ -117,7 +117,7 @@ pub(super) fn serve<'a>(
             } else {
                 conn.header
             };
-            timer.as_mut().reset(Instant::now() + wait);
+            timer.as_mut().reset(crate::deadline::from_now(wait));
             // `poll_read_ready` keeps its waker in the socket's registration:
             // a future of one reference where `readable()` holds a waiter.
             let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
@@ -158,7 +158,7 @@ fn burst<'a>(
             let mut builder = http1::Builder::new();
             builder
                 .timer(HeadTimer(Arc::clone(&activity)))
-                .header_read_timeout(conn.header)
+                .header_read_timeout(crate::deadline::capped(conn.header))
                 // Both: `max_buf_size` alone bounds the head only when a read
                 // ends short of it (a read that completes a longer head passes).
                 .max_header_size(MAX_HEAD)
