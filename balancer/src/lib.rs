@@ -7,6 +7,8 @@
 //!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
 //!   hibernate as bare sockets between requests; [`workers`]: the same on
 //!   N threads, one single-threaded runtime each.
+//! - [`host`]: which host a request is for (one `Host`, the authority
+//!   first).
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
@@ -38,6 +40,7 @@ pub mod conns;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod latency;
 pub mod monitor;
 pub mod outcome;
@@ -76,11 +79,15 @@ impl Balancer {
     /// Applies a new configuration: backends present in both keep their
     /// health, load and counters; new ones start up; removed ones stop
     /// receiving requests (those in flight finish). The listen addresses
-    /// are bound once and a change to them needs a restart.
-    pub fn reload(&self, config: Config) {
+    /// are bound once and a change to them needs a restart: the running
+    /// configuration keeps the addresses actually listened on, so
+    /// `/status.json` goes on reporting those.
+    pub fn reload(&self, mut config: Config) {
         let old = self.pool.snapshot();
         if old.config.listen != config.listen || old.config.admin.listen != config.admin.listen {
             tracing::warn!("listen addresses cannot change on reload; restart to apply them");
+            config.listen = old.config.listen;
+            config.admin.listen = old.config.admin.listen;
         }
         self.pool.reload(config);
         let snap = self.pool.snapshot();

@@ -9,6 +9,7 @@
 
 mod h1;
 mod io;
+mod parse_errors;
 
 use std::convert::Infallible;
 use std::future::Future;
