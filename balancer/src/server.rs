@@ -5,7 +5,8 @@
 //! HTTP/1.1 connections hibernate between requests (`h1`): an idle
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by
-//! hyper's `http2` builder for their whole life.
+//! hyper's `http2` builder for their whole life. hyper's own answers to
+//! HTTP/1 heads it cannot parse get a one-line reason (`parse_errors`).
 
 mod h1;
 mod io;

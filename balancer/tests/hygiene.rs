@@ -120,6 +120,19 @@ async fn for_http2_the_authority_wins_over_a_differing_host_header() {
     // Without a Host header the authority is the Host, as before.
     let r = get_h2(&lb.url("/headers"), &[]).await;
     assert_eq!(hosts_seen(&r.text()), [format!("host: {authority}")]);
+    // HTTP/1.1's absolute-form likewise (RFC 9112 section 3.2.2).
+    let r = raw_exchange(
+        lb.addr,
+        b"GET http://auth.example:8080/headers HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        hosts_seen(&r.text()),
+        ["host: auth.example:8080"],
+        "{}",
+        r.text()
+    );
     lb.stop().await;
 }
 
