@@ -126,7 +126,7 @@ impl Backend {
             host_header: http::HeaderValue::from_str(&cfg.addr.to_string())
                 .expect("a socket address is a valid header value"),
             conns: Arc::new(Conns::new(cfg.addr)),
-            health: AtomicU32::new(UP | (rise + fall - 1)),
+            health: AtomicU32::new(UP | streaks(rise, fall).2),
             in_flight: AtomicU32::new(0),
             busy: AtomicU32::new(0),
             dispatched: AtomicU64::new(0),
@@ -415,8 +415,17 @@ pub struct Stats {
 }
 
 /// One step of the health counter (see [`Backend::record_probe`]).
+/// `rise` and `fall` within `1..=2^16` (the config allows 1..1000; a
+/// [`crate::Config`] built in code may hold anything), and the counter's
+/// top, `rise + fall - 1`, which then fits below the [`UP`] bit.
+fn streaks(rise: u32, fall: u32) -> (u32, u32, u32) {
+    const MAX: u32 = 1 << 16;
+    let (rise, fall) = (rise.clamp(1, MAX), fall.clamp(1, MAX));
+    (rise, fall, rise + fall - 1)
+}
+
 fn health_step(word: u32, ok: bool, rise: u32, fall: u32) -> u32 {
-    let top = rise + fall - 1;
+    let (rise, _, top) = streaks(rise, fall);
     let mut h = (word & !UP).min(top);
     if ok {
         if h < top {

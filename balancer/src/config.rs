@@ -544,13 +544,29 @@ fn addr(key: &str, s: &Spanned<String>) -> Check<SocketAddr> {
     })
 }
 
+/// The longest any duration in `lb.toml` may be: a week. A longer
+/// interval or timeout is no use to a balancer (a timeout of a week is
+/// "never" already), and with this bound no deadline or multiple derived
+/// from a configured duration comes anywhere near overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// [`MAX_DURATION`] as written in error messages.
+const MAX_DURATION_TEXT: &str = "7d";
+
+/// A duration longer than zero and at most [`MAX_DURATION`].
 fn duration(s: &Option<Spanned<String>>, key: &str, default: &str) -> Check<Duration> {
     let Some(s) = s else {
         return Ok(humantime::parse_duration(default).expect("defaults are valid"));
     };
     match humantime::parse_duration(s.get_ref()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => err(s.span(), format!("{key}: must be longer than zero")),
+        Ok(d) if !d.is_zero() && d <= MAX_DURATION => Ok(d),
+        Ok(_) => err(
+            s.span(),
+            format!(
+                "{key}: {:?} is out of range; valid: longer than zero, at most \"{MAX_DURATION_TEXT}\"",
+                s.get_ref()
+            ),
+        ),
         Err(_) => err(
             s.span(),
             format!(
@@ -586,3 +602,6 @@ fn int_in(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bounds_tests;

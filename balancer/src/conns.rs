@@ -248,7 +248,7 @@ impl Conns {
         settings: Settings,
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lease), Failed> {
-        let deadline = Instant::now() + settings.connect;
+        let deadline = crate::deadline::from_now(settings.connect);
         let mut stale = 0;
         let live = loop {
             let got = match self.get(settings, deadline, true).await {
@@ -305,7 +305,7 @@ impl Conns {
         settings: Settings,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, Failed> {
-        let deadline = Instant::now() + settings.connect;
+        let deadline = crate::deadline::from_now(settings.connect);
         let slot = match self.get(settings, deadline, false).await {
             Ok(Got::New(slot)) => slot,
             Ok(Got::Idle(_)) => unreachable!("asked for a new connection only"),

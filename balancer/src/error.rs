@@ -1,5 +1,12 @@
 //! Why a request could not be proxied, and the status code and one-line
 //! plain-text body each reason maps to — in one place.
+//!
+//! A client is told what happened, never where: the body of a `502`, `503`
+//! or `504` names no backend address and no error chain. Those details are
+//! the operator's: they go to the log ([`ProxyError::log`]) and to the
+//! backend's `last_error` in `/status.json`. The `Display` form of an error
+//! is that detailed, operator-facing text; [`ProxyError::reason`] is the
+//! client's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::outcome::Outcome;
 use crate::proxy::ProxyBody;
 
 /// A request the proxy answers itself, with an error status.
@@ -22,6 +30,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// The connect error.
         why: String,
+        /// What the client is told ([`ProxyError::connect`]).
+        reason: &'static str,
     },
     /// The backend failed after receiving the request and the request could
     /// not be retried (not idempotent, or it had a body).
@@ -31,6 +41,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// What went wrong.
         why: String,
+        /// What the client is told ([`ProxyError::upstream`]).
+        reason: &'static str,
     },
     /// The backend's response head did not arrive in time.
     #[error("backend {addr} did not answer within {}", humantime::format_duration(*.after))]
@@ -59,9 +71,80 @@ impl ProxyError {
         }
     }
 
-    /// The response: the status and this error as one line of text.
+    /// No connection to `addr` could be had for the attempt (`outcome`: a
+    /// connect failure, or our own cap on connections); `why` is the error
+    /// chain.
+    pub fn connect(addr: SocketAddr, why: String, outcome: Outcome) -> ProxyError {
+        let reason = match outcome {
+            Outcome::Saturated => {
+                "no backend could take the request: every connection to it is busy"
+            }
+            Outcome::ConnectFailed { refused: true } => {
+                "could not connect to a backend: connection refused"
+            }
+            _ => "could not connect to a backend: it did not accept the connection in time",
+        };
+        ProxyError::Connect { addr, why, reason }
+    }
+
+    /// The backend at `addr` failed the exchange (`outcome`) after the
+    /// request went out; `why` is the error chain.
+    pub fn upstream(addr: SocketAddr, why: String, outcome: Outcome) -> ProxyError {
+        let reason = match outcome {
+            Outcome::Reset => "the backend closed the connection before answering",
+            Outcome::Protocol => "the backend's answer was not valid HTTP/1.1",
+            Outcome::Client => "the request broke off before the backend answered",
+            _ => "the backend failed before answering",
+        };
+        ProxyError::Upstream { addr, why, reason }
+    }
+
+    /// The backend at `addr` answered `101 Switching Protocols` to a request
+    /// that asked for no upgrade: a protocol error (RFC 9110 §15.2.2).
+    pub fn switched_unasked(addr: SocketAddr) -> ProxyError {
+        ProxyError::Upstream {
+            addr,
+            why: "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
+            reason: "the backend switched protocols though the request asked for no upgrade",
+        }
+    }
+
+    /// What the client is told, in one line: what happened, without the
+    /// backend's address or the error chain.
+    pub fn reason(&self) -> String {
+        match self {
+            ProxyError::NoBackend | ProxyError::Refused(..) => self.to_string(),
+            ProxyError::Connect { reason, .. } | ProxyError::Upstream { reason, .. } => {
+                (*reason).to_owned()
+            }
+            ProxyError::Timeout { after, .. } => format!(
+                "the backend did not answer within {}",
+                humantime::format_duration(*after)
+            ),
+        }
+    }
+
+    /// Logs the details the client is not told (the backend's address and
+    /// the error chain): a failed backend at `warn`, what is not a
+    /// backend's doing at `debug`.
+    pub fn log(&self, peer: SocketAddr) {
+        match self {
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Timeout { .. } => {
+                tracing::warn!(client = %peer, "{}: {self}", self.status());
+            }
+            ProxyError::NoBackend | ProxyError::Refused(..) => {
+                tracing::debug!(client = %peer, "{}: {self}", self.status());
+            }
+        }
+    }
+
+    /// The response: the status and [`ProxyError::reason`] as one line of
+    /// text.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(format!("{self}\n")))));
+        let body = format!("{}\n", self.reason());
+        let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(body))));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -7,6 +7,8 @@
 //!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
 //!   hibernate as bare sockets between requests; [`workers`]: the same on
 //!   N threads, one single-threaded runtime each.
+//! - [`host`]: which host a request is for (one `Host`, the authority
+//!   first).
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
@@ -20,7 +22,8 @@
 //! - [`slow_start`]: the ramp of a backend that came up or was added;
 //!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
-//!   [`monitor`]: the staggered, jittered loop both run.
+//!   [`monitor`]: the staggered, jittered loop both run; [`deadline`]:
+//!   time arithmetic on configured durations that saturates, never panics.
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
@@ -34,8 +37,10 @@ pub mod budget;
 pub mod compress;
 pub mod config;
 pub mod conns;
+pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod latency;
 pub mod monitor;
 pub mod outcome;
@@ -74,11 +79,15 @@ impl Balancer {
     /// Applies a new configuration: backends present in both keep their
     /// health, load and counters; new ones start up; removed ones stop
     /// receiving requests (those in flight finish). The listen addresses
-    /// are bound once and a change to them needs a restart.
-    pub fn reload(&self, config: Config) {
+    /// are bound once and a change to them needs a restart: the running
+    /// configuration keeps the addresses actually listened on, so
+    /// `/status.json` goes on reporting those.
+    pub fn reload(&self, mut config: Config) {
         let old = self.pool.snapshot();
         if old.config.listen != config.listen || old.config.admin.listen != config.admin.listen {
             tracing::warn!("listen addresses cannot change on reload; restart to apply them");
+            config.listen = old.config.listen;
+            config.admin.listen = old.config.admin.listen;
         }
         self.pool.reload(config);
         let snap = self.pool.snapshot();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::deadline;
 use crate::pool::Pool;
 
 /// Runs `step` for `backend` every `interval(config)` (± 5 %), the first
@@ -46,10 +47,10 @@ pub(crate) fn every<F, Fut>(
 /// together: spread evenly over one interval, so that monitors of many
 /// backends (and of many balancers) never fire in lockstep.
 pub(crate) fn stagger(interval: Duration, slot: usize, of: usize) -> Duration {
-    interval.mul_f64(slot as f64 / of.max(1) as f64)
+    deadline::scaled(interval, slot as f64 / of.max(1) as f64)
 }
 
 /// `interval` ± 5 % (HAProxy's `spread-checks`).
 fn jitter(interval: Duration) -> Duration {
-    interval.mul_f64(0.95 + fastrand::f64() * 0.1)
+    deadline::scaled(interval, 0.95 + fastrand::f64() * 0.1)
 }

@@ -23,6 +23,7 @@ use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
 use crate::error::ProxyError;
 use crate::health::error_chain;
+use crate::host;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
@@ -55,9 +56,10 @@ pub async fn serve(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&pool, req, &peer)
-        .await
-        .unwrap_or_else(ProxyError::into_response))
+    Ok(forward(&pool, req, &peer).await.unwrap_or_else(|e| {
+        e.log(peer.addr);
+        e.into_response()
+    }))
 }
 
 async fn forward(
@@ -78,10 +80,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     let accepted = compress::accepted(&parts.headers, &config.compression);
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => authority_as_host(&parts.uri),
-    };
+    let host = host::settle(&parts.uri, &mut parts.headers)?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, peer, host);
     // Without one from the client (HTTP/1.0), each attempt names its own
@@ -106,7 +105,7 @@ async fn forward(
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
     let mut last_error = ProxyError::NoBackend;
-    let attempts = config.balance.retries + 1;
+    let attempts = config.balance.retries.saturating_add(1);
     pool.budget.deposit();
     for attempt in 1..=attempts {
         let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
@@ -163,6 +162,16 @@ async fn forward(
         let body_sent = has_body && pending.is_none();
 
         let err = match sent {
+            Ok(Ok((resp, _))) if !upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // Dropping the response and its lease closes the connection.
+                let e = ProxyError::switched_unasked(backend.addr);
+                pool.report(&snap, i, Outcome::Protocol, Some(e.to_string()));
+                last_error = e;
+                if idempotent && !has_body {
+                    continue;
+                }
+                break;
+            }
             Ok(Ok((resp, lease))) => {
                 pool.report(&snap, i, Outcome::Response(resp.status()), None);
                 return Ok(respond(
@@ -195,18 +204,12 @@ async fn forward(
         let outcome = Outcome::of_send_error(&err.error);
         pool.report(&snap, i, outcome, Some(why.clone()));
         if let Outcome::ConnectFailed { .. } | Outcome::Saturated = outcome {
-            last_error = ProxyError::Connect {
-                addr: backend.addr,
-                why,
-            };
+            last_error = ProxyError::connect(backend.addr, why, outcome);
             if !body_sent {
                 continue;
             }
         } else {
-            last_error = ProxyError::Upstream {
-                addr: backend.addr,
-                why,
-            };
+            last_error = ProxyError::upstream(backend.addr, why, outcome);
         }
         if !idempotent || has_body {
             break;
@@ -404,11 +407,6 @@ fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>
     }
 }
 
-fn authority_as_host(uri: &Uri) -> Option<HeaderValue> {
-    uri.authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
 /// A response body that keeps its request counted in flight until its last
 /// byte has been read (not when the head arrives), as linkerd's
 /// `PendingUntilEos` does, and tells the guard whose turn it is: a poll
@@ -602,7 +600,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &Peer::new("127.0.0.1:1".parse().unwrap()),
-            authority_as_host(&uri),
+            crate::host::authority(&uri),
         );
         assert_eq!(h["host"], "api.example:8080");
         assert_eq!(h["x-forwarded-host"], "api.example:8080");

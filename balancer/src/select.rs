@@ -394,7 +394,8 @@ pub fn pick(
             let len = how.schedule.len();
             let mut skipped = None;
             for k in 0..len {
-                let i = how.schedule[(how.ticket + k) % len] as usize;
+                // The ticket wraps (an atomic counter): no overflow here either.
+                let i = how.schedule[(how.ticket % len + k) % len] as usize;
                 if i >= n || !eligible(i) {
                     continue;
                 }
@@ -404,8 +405,10 @@ pub fn pick(
                 }
                 skipped.get_or_insert(i);
             }
-            // Every eligible backend is ramping and each was skipped.
-            plain(skipped)
+            // Every eligible backend is ramping and each was skipped; or the
+            // schedule (capped in length) leaves out the few that are
+            // eligible, which only weights far apart can do.
+            plain(skipped.or_else(|| weighted_random(n, &view, eligible, rng)))
         }
         Strategy::Random => plain(weighted_random(n, &view, eligible, rng)),
         // nginx's least_conn: requests in flight per unit of weight, ties
@@ -555,6 +558,9 @@ fn weighted_random(
 /// with nginx's smooth algorithm: weights 5/1/1 give `0 0 1 0 2 0 0`
 /// rather than five 0s in a row. Capped at 10,000 entries.
 pub fn wrr_schedule(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
     let total: i64 = weights.iter().map(|&w| i64::from(w.max(1))).sum();
     let len = total.clamp(1, 10_000) as usize;
     let mut current = vec![0i64; weights.len()];

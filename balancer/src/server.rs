@@ -5,11 +5,13 @@
 //! HTTP/1.1 connections hibernate between requests (`h1`): an idle
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by
-//! hyper's `http2` builder for their whole life.
+//! hyper's `http2` builder for their whole life. hyper's own answers to
+//! HTTP/1 heads it cannot parse get a one-line reason (`parse_errors`).
 
 mod backoff;
 mod h1;
 mod io;
+mod parse_errors;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::deadline;
 use crate::pool::Pool;
 use crate::proxy;
 
@@ -356,7 +359,7 @@ struct IdleCheck {
 impl IdleCheck {
     /// Starts watching `activity`, arming `timer` for the first check.
     fn start(activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> IdleCheck {
-        timer.reset(Instant::now() + limit);
+        timer.reset(deadline::from_now(limit));
         IdleCheck {
             seen: activity.io.load(Relaxed),
         }
@@ -370,7 +373,7 @@ impl IdleCheck {
             return true;
         }
         self.seen = now;
-        timer.reset(Instant::now() + limit);
+        timer.reset(deadline::from_now(limit));
         false
     }
 }

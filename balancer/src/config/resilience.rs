@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawBalance, RawOutlier};
-use super::{err, int_in, Check};
+use super::{err, int_in, Check, MAX_DURATION, MAX_DURATION_TEXT};
 
 /// The longest an ejection lasts, whatever the multiplier (the contract's
 /// "at most 5 minutes", Envoy's `max_ejection_time` default).
@@ -96,15 +96,23 @@ fn duration_or_off(s: &Option<Spanned<String>>, key: &str) -> Check<Duration> {
     let Some(s) = s else {
         return Ok(Duration::ZERO);
     };
-    humantime::parse_duration(s.get_ref()).or_else(|_| {
-        err(
+    match humantime::parse_duration(s.get_ref()) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => err(
+            s.span(),
+            format!(
+                "{key}: {:?} is out of range; valid: \"0s\" (off), or longer, at most \"{MAX_DURATION_TEXT}\"",
+                s.get_ref()
+            ),
+        ),
+        Err(_) => err(
             s.span(),
             format!(
                 "{key}: {:?} is not a duration; write a number with a unit, such as \"0s\", \"250ms\" or \"30s\"",
                 s.get_ref()
             ),
-        )
-    })
+        ),
+    }
 }
 
 impl super::Config {

@@ -231,10 +231,12 @@ fn resilience_keys_parse() {
     assert_eq!(c.outlier.base_ejection, MAX_EJECTION);
     let c = parse(&format!("{MINIMAL}[outlier]\nmax_ejected_percent = 0\n")).unwrap();
     assert!(!c.outlier.ejects());
-    // A huge slow start is valid (the ramp divides by it, never multiplies).
-    let c = parse(&format!("{MINIMAL}[balance]\nslow_start = \"100years\"\n")).unwrap();
-    assert!(c.balance.slow_start > Duration::from_secs(3_000_000_000));
+    // The longest slow start is a week, as for every duration (the ramp
+    // divides by it and never multiplies, but nothing needs longer).
+    let c = parse(&format!("{MINIMAL}[balance]\nslow_start = \"7d\"\n")).unwrap();
+    assert_eq!(c.balance.slow_start, MAX_DURATION);
     assert!(c.summary().contains("slow start"), "{}", c.summary());
+    assert!(parse(&format!("{MINIMAL}[balance]\nslow_start = \"100years\"\n")).is_err());
 }
 
 #[test]

@@ -86,6 +86,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::parse_errors::{HeadSleep, HeadWatch, ParseErrors};
 use super::{service, Activity, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
 
 /// Serves an HTTP/1.1 connection whose first bytes are readable, burst by
@@ -117,7 +118,7 @@ pub(super) fn serve<'a>(
             } else {
                 conn.header
             };
-            timer.as_mut().reset(Instant::now() + wait);
+            timer.as_mut().reset(crate::deadline::from_now(wait));
             // `poll_read_ready` keeps its waker in the socket's registration:
             // a future of one reference where `readable()` holds a waiter.
             let ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
@@ -151,14 +152,15 @@ fn burst<'a>(
     async move {
         let activity = Arc::new(Activity::default());
         let io = ClientIo::new(stream, std::mem::take(prefix), Arc::clone(&activity));
-        let io = TokioIo::new(io);
+        let watch = Arc::new(HeadWatch::default());
+        let io = TokioIo::new(ParseErrors::new(io, Arc::clone(&watch)));
         // Boxed, so that its memory is freed while the connection hibernates;
         // built in a block, so that the builder is not kept across awaits.
         let served = {
             let mut builder = http1::Builder::new();
             builder
-                .timer(HeadTimer(Arc::clone(&activity)))
-                .header_read_timeout(conn.header)
+                .timer(HeadTimer(Arc::clone(&activity), watch))
+                .header_read_timeout(crate::deadline::capped(conn.header))
                 // Both: `max_buf_size` alone bounds the head only when a read
                 // ends short of it (a read that completes a longer head passes).
                 .max_header_size(MAX_HEAD)
@@ -224,7 +226,7 @@ fn burst<'a>(
         };
         // `None`: upgraded, and the tunnel has the socket.
         let parts = served.into_parts()?;
-        let io = parts.io.into_inner();
+        let io = parts.io.into_inner().into_inner();
         if !io.rested() || stopping {
             if let Err(e) = result {
                 tracing::debug!(peer = %conn.peer, "connection ended: {e}");
@@ -267,7 +269,9 @@ pub(super) const HIBERNATE: u8 = 2;
 /// hyper's timer for one burst. Only the header read timeout uses it on an
 /// HTTP/1 server connection, and hyper starts that timer whenever it begins
 /// to wait for a request head: the moment the connection may come to rest.
-struct HeadTimer(Arc<Activity>);
+/// It is dropped once the head is parsed, which the [`HeadWatch`] tells
+/// (see [`super::parse_errors`]).
+struct HeadTimer(Arc<Activity>, Arc<HeadWatch>);
 
 impl Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn HyperSleep>> {
@@ -276,7 +280,7 @@ impl Timer for HeadTimer {
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn HyperSleep>> {
         self.0.quiet.store(true, Relaxed);
-        TokioTimer::new().sleep_until(deadline)
+        Box::pin(HeadSleep::new(deadline, &self.1))
     }
 
     fn now(&self) -> std::time::Instant {
@@ -285,6 +289,9 @@ impl Timer for HeadTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn HyperSleep>>, new_deadline: std::time::Instant) {
         self.0.quiet.store(true, Relaxed);
-        TokioTimer::new().reset(sleep, new_deadline);
+        match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
+            Some(head) => head.reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
     }
 }
