@@ -37,7 +37,8 @@ async fn serve(stream: TcpStream, pool: Arc<Pool>, header: Duration, idle: Durat
         async move { Ok::<_, Infallible>(super::route(&pool, &req)) }
     });
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(crate::deadline::capped(header));
     let conn = http.serve_connection(io, service);
     tokio::pin!(conn);
     // Checked every `idle`: closed once a whole `idle` passed with no byte
