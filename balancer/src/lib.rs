@@ -22,6 +22,8 @@
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
 //!   [`monitor`]: the staggered, jittered loop both run.
 //! - [`compress`]: the compression decision and streaming encoders.
+//! - [`limits`]: caps and timeouts against hostile clients (connections,
+//!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
 
@@ -37,6 +39,7 @@ pub mod conns;
 pub mod error;
 pub mod health;
 pub mod latency;
+pub mod limits;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;

@@ -86,7 +86,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::{service, Activity, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
+use super::{service, Activity, Check, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
 
 /// Serves an HTTP/1.1 connection whose first bytes are readable, burst by
 /// burst, until it closes, times out or shutdown stops it. `timer` is the
@@ -149,7 +149,7 @@ fn burst<'a>(
     mut stopped: Pin<&'a mut impl Stopped>,
 ) -> impl Future<Output = Option<TcpStream>> + 'a {
     async move {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new(false));
         let io = ClientIo::new(stream, std::mem::take(prefix), Arc::clone(&activity));
         let io = TokioIo::new(io);
         // Boxed, so that its memory is freed while the connection hibernates;
@@ -169,7 +169,7 @@ fn burst<'a>(
                     .with_upgrades(),
             )
         };
-        let mut idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+        let mut idle = IdleCheck::start(&activity, conn, timer.as_mut());
         // While resting: the count of reads and writes when the grace began.
         let mut resting: Option<u64> = None;
         let mut stopping = false;
@@ -189,7 +189,7 @@ fn burst<'a>(
                 continue;
             }
             if resting.is_none() && activity.rest.load(Relaxed) == RESTING {
-                resting = Some(activity.io.load(Relaxed));
+                resting = Some(activity.moves());
                 let grace = if returning {
                     GRACE.min(conn.header / 2)
                 } else {
@@ -204,17 +204,17 @@ fn burst<'a>(
                 // A whole grace at rest: hyper's next read ends the burst.
                 Some(seen)
                     if activity.rest.load(Relaxed) == RESTING
-                        && activity.io.load(Relaxed) == seen =>
+                        && activity.moves() == seen =>
                 {
                     activity.rest.store(HIBERNATE, Relaxed);
-                    idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+                    idle = IdleCheck::start(&activity, conn, timer.as_mut());
                 }
                 // A request came: back to the idle check.
-                Some(_) => idle = IdleCheck::start(&activity, conn.idle, timer.as_mut()),
-                None if idle.is_idle(&activity, conn.idle, timer.as_mut()) => {
-                    return Poll::Ready(None)
-                }
-                None => {}
+                Some(_) => idle = IdleCheck::start(&activity, conn, timer.as_mut()),
+                None => match idle.check(&activity, conn, timer.as_mut()) {
+                    Check::Busy => {}
+                    Check::Idle | Check::SendStalled => return Poll::Ready(None),
+                },
             }
         })
         .await;
