@@ -66,17 +66,17 @@ pub(crate) async fn serve(
 }
 
 /// The next connection on `listener`, counted against `[limits]`
-/// ([`Limiter`]): at `max_connections` it waits for one to close before
-/// accepting, and a client over `max_connections_per_ip` is closed at once
-/// and the next connection taken. Out of file descriptors and the like: it
-/// backs off briefly rather than spin (the listener itself stays usable)
-/// and tries again.
+/// ([`Limiter`]): at `max_connections` it holds the connection it has just
+/// accepted until one closes, and accepts no other meanwhile (see
+/// [`Limiter::reserve`]); a client over `max_connections_per_ip` is closed
+/// at once and the next connection taken. Out of file descriptors and the
+/// like: it backs off briefly rather than spin (the listener itself stays
+/// usable) and tries again.
 pub(crate) async fn accept(
     listener: &TcpListener,
     limiter: &Arc<Limiter>,
 ) -> (TcpStream, SocketAddr, ConnSlot) {
     loop {
-        let slot = limiter.reserve().await;
         let (stream, peer) = loop {
             match listener.accept().await {
                 Ok(accepted) => break accepted,
@@ -86,7 +86,7 @@ pub(crate) async fn accept(
                 }
             }
         };
-        if let Ok(slot) = slot.admit(peer) {
+        if let Ok(slot) = limiter.reserve().await.admit(peer) {
             return (stream, peer, slot);
         }
     }

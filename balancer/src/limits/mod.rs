@@ -49,8 +49,7 @@ pub struct CloseConnection;
 /// reloads; [`Limiter::configure`] applies a reloaded `[limits]`.
 #[derive(Debug)]
 pub struct Limiter {
-    /// Client connections open (and reserved by a listener about to
-    /// accept), on every listener.
+    /// Client connections open, on every listener.
     open: AtomicUsize,
     /// `max_connections`; `usize::MAX` when 0 (no limit).
     max_open: AtomicUsize,
@@ -102,19 +101,20 @@ impl Limiter {
         self.freed.notify_waiters();
     }
 
-    /// Client connections open now, on every listener (a listener waiting
-    /// to accept holds one more, reserved).
+    /// Client connections open now, on every listener.
     pub fn open(&self) -> usize {
         self.open.load(Relaxed)
     }
 
-    /// Room for one more connection, waited for while `max_connections`
-    /// are open: the listener stops accepting, as HAProxy's `maxconn`
-    /// pauses its listeners, and new connections wait in the kernel's
-    /// listen backlog until one closes (rather than being accepted only to
-    /// be closed: a connection in the backlog is served as soon as there is
-    /// room, which turns a burst into a short delay instead of errors, and
-    /// the balancer spends nothing on the excess).
+    /// Room for the connection a listener has just accepted, waited for
+    /// while `max_connections` are open: meanwhile the listener accepts no
+    /// other, as HAProxy's `maxconn` pauses its listeners, and new
+    /// connections wait in the kernel's listen backlog until one closes.
+    /// Rather than accepting and closing them: a connection in the backlog
+    /// is served as soon as there is room, which turns a burst into a
+    /// short delay instead of errors, and the balancer spends nothing on
+    /// the excess. (The one connection in hand is accepted first so that
+    /// the count is exact and only counts connections.)
     pub async fn reserve(self: &Arc<Self>) -> ConnSlot {
         if let Some(slot) = self.try_reserve() {
             return slot;
