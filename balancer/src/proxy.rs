@@ -26,7 +26,7 @@ use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
-use crate::limits::{self, tunnel};
+use crate::limits::{self, tunnel, ConnSlot};
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
@@ -277,7 +277,10 @@ fn respond(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let backend = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, backend, guard));
+            // Counted from now: the client's HTTP connection ends as soon
+            // as the `101` is out.
+            let slot = client.limiter.hold(client.peer);
+            tokio::spawn(tunnel(client, slot, backend, guard));
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, ProxyBody::Full(None));
@@ -309,8 +312,12 @@ fn respond(
 /// closes or neither has sent anything for `[timeouts] tunnel`; the request
 /// stays in flight meanwhile, and the client's connection counts against
 /// the connection limits.
-async fn tunnel(client: ClientUpgrade, backend: hyper::upgrade::OnUpgrade, guard: InFlight) {
-    let _slot = client.limiter.hold(client.peer);
+async fn tunnel(
+    client: ClientUpgrade,
+    _slot: ConnSlot,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+) {
     match tokio::try_join!(client.on, backend) {
         Ok((c, backend)) => {
             let (mut c, mut backend) = (TokioIo::new(c), TokioIo::new(backend));

@@ -86,7 +86,7 @@ pub(crate) async fn accept(
                 }
             }
         };
-        if let Ok(slot) = limiter.reserve().await.admit(peer) {
+        if let Some(slot) = limiter.reserve().await.admit(peer) {
             return (stream, peer, slot);
         }
     }
@@ -473,7 +473,11 @@ impl IdleCheck {
     /// connection is to close.
     fn check(&mut self, activity: &Activity, conn: &Conn, timer: Pin<&mut Sleep>) -> Check {
         if activity.send.tick() {
-            conn.pool.limiter.rejected.send_timeout.fetch_add(1, Relaxed);
+            conn.pool
+                .limiter
+                .rejected
+                .send_timeout
+                .fetch_add(1, Relaxed);
             tracing::debug!(peer = %conn.peer, "closing a connection whose client stopped reading");
             return Check::SendStalled;
         }
@@ -525,7 +529,6 @@ mod tests {
         };
         let task = connection(stream, conn, stopped);
         let size = std::mem::size_of_val(&task);
-        eprintln!("SIZE {size}");
         assert!(size <= 704, "the connection future is {size} bytes");
     }
 }

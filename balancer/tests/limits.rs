@@ -109,9 +109,7 @@ async fn get_on(stream: &mut TcpStream) -> RawResp {
 /// A connection to `to` from the loopback address `from` (127.x.y.z).
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{from}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -202,7 +200,11 @@ async fn a_stalled_request_body_gets_408_and_the_backend_is_not_blamed() {
         .unwrap();
     let start = Instant::now();
     let r = read_response(&mut client).await;
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert_refused_and_closed(&mut client, &r, 408).await;
     assert_eq!(limited(&lb, "body_timeout").await, 1);
     assert_not_blamed(&lb, host.addr).await;
@@ -559,12 +561,13 @@ async fn until_metric(lb: &Lb, series: &str, value: u64) {
 /// `WINDOW_UPDATE`) and starts `streams` requests for 100 MiB on it.
 async fn shut_window_streams(lb: &Lb, streams: usize) -> Vec<tokio::task::JoinHandle<()>> {
     let stream = TcpStream::connect(lb.addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .adaptive_window(false)
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     let mut tasks = vec![tokio::spawn(async move {
         let _ = conn.await;
     })];

@@ -138,9 +138,9 @@ impl<'de> Deserialize<'de> for RawSize {
                 f.write_str(r#"a size in bytes such as "10MiB", "512KiB" or "1000""#)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
-                Ok(RawSize(u64::try_from(v).map_err(|_| {
-                    format!("{v} is negative; {SIZE_FORMS}")
-                })))
+                Ok(RawSize(
+                    u64::try_from(v).map_err(|_| format!("{v} is negative; {SIZE_FORMS}")),
+                ))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
                 Ok(RawSize(Ok(v)))
@@ -218,6 +218,115 @@ impl super::Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!("listen = \"127.0.0.1:8080\"\nbackends = [\"10.0.0.11:8000\"]\n{extra}");
+        Config::parse(&text, std::path::Path::new("lb.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_and_client_timeouts_default_to_the_contract() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, 0);
+        assert_eq!(c.limits.rate_per_ip, None);
+        assert_eq!(c.limits.max_request_body, 0);
+        assert_eq!(c.timeouts.client_body, Duration::from_secs(30));
+        assert_eq!(c.timeouts.send, Duration::from_secs(60));
+        assert_eq!(c.timeouts.tunnel, Duration::from_secs(3600));
+        // The contract's example, every key at its default, says the same.
+        let c2 = parse(
+            "[limits]\nmax_connections = 10000\nmax_connections_per_ip = 0\nrate_per_ip = 0\n\
+             burst_per_ip = 0\nmax_request_body = \"0\"\nmax_conns_per_backend = 0\n\
+             [timeouts]\nclient_body = \"30s\"\nsend = \"60s\"\ntunnel = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c2, c);
+        assert!(
+            c.summary().contains("max_connections 10000"),
+            "{}",
+            c.summary()
+        );
+    }
+
+    #[test]
+    fn every_limit_key_parses() {
+        let c = parse(
+            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 20\nrate_per_ip = 2.5\n\
+             burst_per_ip = 10\nmax_request_body = \"10MiB\"\n\
+             [timeouts]\nclient_body = \"5s\"\nsend = \"2m\"\ntunnel = \"10m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 0);
+        assert_eq!(c.limits.max_connections_per_ip, 20);
+        assert_eq!(c.limits.rate_per_ip, Some(RatePerIp::new(2.5, 10)));
+        assert_eq!(c.limits.max_request_body, 10 << 20);
+        assert_eq!(c.timeouts.client_body, Duration::from_secs(5));
+        assert_eq!(c.timeouts.send, Duration::from_secs(120));
+        assert_eq!(c.timeouts.tunnel, Duration::from_secs(600));
+        // An integer size, and a burst defaulting to a second's worth.
+        let c = parse("[limits]\nmax_request_body = 1000\nrate_per_ip = 2.5\n").unwrap();
+        assert_eq!(c.limits.max_request_body, 1000);
+        assert_eq!(c.limits.rate_per_ip.unwrap().burst, 3);
+        let c = parse("[limits]\nrate_per_ip = 0.1\n").unwrap();
+        assert_eq!(c.limits.rate_per_ip.unwrap().burst, 1);
+    }
+
+    #[test]
+    fn limit_errors_name_the_line_the_key_and_the_valid_values() {
+        for (extra, line, needle) in [
+            (
+                "[limits]\nmax_connections = -1\n",
+                4,
+                "max_connections: -1 is out of range",
+            ),
+            (
+                "[limits]\nmax_connections_per_ip = 1.5\n",
+                4,
+                "invalid type",
+            ),
+            (
+                "[limits]\nrate_per_ip = -2\n",
+                4,
+                "rate_per_ip: -2 is out of range; valid: 0",
+            ),
+            ("[limits]\nrate_per_ip = 1e9\n", 4, "rate_per_ip"),
+            (
+                "[limits]\nburst_per_ip = 5\n",
+                4,
+                "burst_per_ip: set rate_per_ip too",
+            ),
+            (
+                "[limits]\nmax_request_body = \"10 apples\"\n",
+                4,
+                "max_request_body: \"10 apples\" is not a size",
+            ),
+            (
+                "[limits]\nmax_request_body = -5\n",
+                4,
+                "max_request_body: -5 is negative",
+            ),
+            ("[limits]\nmax_request_body = true\n", 4, "a size in bytes"),
+            ("[limits]\nmax_conections = 5\n", 4, "unknown field"),
+            (
+                "[timeouts]\nsend = \"0s\"\n",
+                4,
+                "[timeouts] send: must be longer than zero",
+            ),
+            (
+                "[timeouts]\nclient_body = \"soon\"\n",
+                4,
+                "[timeouts] client_body: \"soon\" is not a duration",
+            ),
+            ("[timeouts]\ntunnel = 5\n", 4, "invalid type"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert!(e.contains(needle), "{extra}: {e}");
+            assert!(e.starts_with(&format!("lb.toml:{line}:")), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_their_units() {
@@ -235,7 +344,15 @@ mod tests {
         ] {
             assert_eq!(parse_size(text), Ok(bytes), "{text}");
         }
-        for bad in ["", "MiB", "-1", "1.5MiB", "10 apples", "99999999999999999999", "20000000000GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.5MiB",
+            "10 apples",
+            "99999999999999999999",
+            "20000000000GiB",
+        ] {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains("KiB"), "{bad}: {e}");
         }

@@ -96,7 +96,8 @@ impl Limiter {
             n => n as usize,
         };
         self.max_open.store(max, Relaxed);
-        self.max_per_ip.store(limits.max_connections_per_ip, Relaxed);
+        self.max_per_ip
+            .store(limits.max_connections_per_ip, Relaxed);
         // A raised cap may let a waiting listener go on.
         self.freed.notify_waiters();
     }
@@ -221,22 +222,22 @@ pub struct ConnSlot {
 
 impl ConnSlot {
     /// Takes the accepted connection from `peer` under
-    /// `max_connections_per_ip`. `Err`: that client has its share open
+    /// `max_connections_per_ip`. `None`: that client has its share open
     /// already (or the table is full); the caller closes the connection at
     /// once.
-    pub fn admit(mut self, peer: SocketAddr) -> Result<ConnSlot, ()> {
+    pub fn admit(mut self, peer: SocketAddr) -> Option<ConnSlot> {
         let max = self.limiter.max_per_ip.load(Relaxed);
         if max == 0 {
-            return Ok(self);
+            return Some(self);
         }
         let key = ip_key(peer.ip());
         if self.limiter.per_ip.add(key, max) {
             self.ip = key;
-            Ok(self)
+            Some(self)
         } else {
             self.limiter.rejected.conns_per_ip.fetch_add(1, Relaxed);
             tracing::debug!(%peer, "max_connections_per_ip ({max}) reached: connection closed");
-            Err(())
+            None
         }
     }
 

@@ -34,7 +34,10 @@ impl ConnTable {
     /// Counts one more connection for `key` unless it has `max` open
     /// already or the table is full. Whether it was counted.
     pub(super) fn add(&self, key: u64, max: u32) -> bool {
-        let mut shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = shard.get_mut(&key) {
             if *n >= max {
                 return false;
@@ -51,7 +54,10 @@ impl ConnTable {
 
     /// One connection of `key` closed.
     pub(super) fn remove(&self, key: u64) {
-        let mut shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = shard.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -62,7 +68,10 @@ impl ConnTable {
 
     #[cfg(test)]
     pub(super) fn count(&self, key: u64) -> u32 {
-        let shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(&key).copied().unwrap_or(0)
     }
 }

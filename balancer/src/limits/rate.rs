@@ -113,7 +113,10 @@ impl RateTable {
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().buckets.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum()
     }
 }
 

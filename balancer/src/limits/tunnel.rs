@@ -135,9 +135,10 @@ mod tests {
     async fn an_idle_tunnel_closes_and_a_busy_one_does_not() {
         let (mut a, mut a_peer) = tokio::io::duplex(64);
         let (mut b, mut b_peer) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(async move {
-            copy_until_idle(&mut a, &mut b, Duration::from_secs(10)).await
-        });
+        let tunnel =
+            tokio::spawn(
+                async move { copy_until_idle(&mut a, &mut b, Duration::from_secs(10)).await },
+            );
         // Traffic every 6 s for a minute keeps it open.
         for _ in 0..10 {
             a_peer.write_all(b"ping").await.unwrap();

@@ -203,8 +203,7 @@ fn burst<'a>(
             match resting.take() {
                 // A whole grace at rest: hyper's next read ends the burst.
                 Some(seen)
-                    if activity.rest.load(Relaxed) == RESTING
-                        && activity.moves() == seen =>
+                    if activity.rest.load(Relaxed) == RESTING && activity.moves() == seen =>
                 {
                     activity.rest.store(HIBERNATE, Relaxed);
                     idle = IdleCheck::start(&activity, conn, timer.as_mut());

@@ -43,7 +43,10 @@ impl Feed {
     }
 
     fn bytes(&mut self, n: usize) -> Polled {
-        self.poll(Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n]))))))
+        self.poll(Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![
+            b'x';
+            n
+        ]))))))
     }
 }
 
