@@ -7,6 +7,7 @@
 //! hyper connection with its buffers. HTTP/2 connections are served by
 //! hyper's `http2` builder for their whole life.
 
+mod backoff;
 mod h1;
 mod io;
 
@@ -55,7 +56,7 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            (stream, peer, slot) = accept(&listener, &pool.limiter) => {
+            (stream, peer, slot) = accept_client(&listener, &pool.limiter) => {
                 spawn_connection(stream, peer, slot, &pool, &stop);
             }
             () = &mut shutdown => break,
@@ -65,29 +66,35 @@ pub(crate) async fn serve(
     drain(&pool, stop).await;
 }
 
-/// The next connection on `listener`, counted against `[limits]`
+/// The next client connection on `listener`, counted against `[limits]`
 /// ([`Limiter`]): at `max_connections` it holds the connection it has just
 /// accepted until one closes, and accepts no other meanwhile (see
 /// [`Limiter::reserve`]); a client over `max_connections_per_ip` is closed
-/// at once and the next connection taken. Out of file descriptors and the
-/// like: it backs off briefly rather than spin (the listener itself stays
-/// usable) and tries again.
-pub(crate) async fn accept(
+/// at once and the next connection taken.
+pub(crate) async fn accept_client(
     listener: &TcpListener,
     limiter: &Arc<Limiter>,
 ) -> (TcpStream, SocketAddr, ConnSlot) {
     loop {
-        let (stream, peer) = loop {
-            match listener.accept().await {
-                Ok(accepted) => break accepted,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
+        let (stream, peer) = accept(listener).await;
         if let Some(slot) = limiter.reserve().await.admit(peer) {
             return (stream, peer, slot);
+        }
+    }
+}
+
+/// The next connection on `listener`. Out of file descriptors and the
+/// like: it backs off briefly rather than spin (the listener itself stays
+/// usable) and tries again, logging at most once a second. Every listener
+/// (client and admin) accepts through this.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                backoff::accept_failed(listener, &e);
+                tokio::time::sleep(backoff::PAUSE).await;
+            }
         }
     }
 }

@@ -75,7 +75,7 @@ pub(crate) async fn serve(
     let mut next = 0;
     loop {
         tokio::select! {
-            (stream, peer, slot) = server::accept(&listener, &pool.limiter) => {
+            (stream, peer, slot) = server::accept_client(&listener, &pool.limiter) => {
                 let stream = match stream.into_std() {
                     Ok(s) => s,
                     Err(e) => {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -126,6 +126,18 @@ pub struct LbConfig {
     pub agent_interval: &'static str,
     /// The gzip level, or no compression.
     pub gzip: Option<u32>,
+    /// A `[tls]` listener as well as the plain one.
+    pub tls: Option<LbTls>,
+}
+
+/// The `[tls]` section of a generated `lb.toml`.
+#[derive(Debug, Clone)]
+pub struct LbTls {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 impl LbConfig {
@@ -137,6 +149,7 @@ impl LbConfig {
             strategy: "least-loaded",
             agent_interval: "1s",
             gzip: Some(6),
+            tls: None,
         })
     }
 
@@ -160,6 +173,17 @@ impl LbConfig {
             self.gzip.unwrap_or(6),
             self.admin
         );
+        if let Some(t) = &self.tls {
+            // Debug formatting quotes and escapes the paths as TOML
+            // basic strings need (the generated paths are plain).
+            let _ = write!(
+                s,
+                "\n[tls]\nlisten = \"{}\"\ncert = {:?}\nkey = {:?}\n",
+                t.listen,
+                t.cert.display().to_string(),
+                t.key.display().to_string()
+            );
+        }
         s
     }
 
@@ -183,6 +207,54 @@ impl LbConfig {
         let mut p = Proc::spawn(name, cmd, Some(&log))?;
         p.wait_listening(self.listen, START_TIMEOUT).await?;
         p.wait_listening(self.admin, START_TIMEOUT).await?;
+        if let Some(t) = &self.tls {
+            p.wait_listening(t.listen, START_TIMEOUT).await?;
+        }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LbConfig, LbTls};
+
+    fn lb() -> LbConfig {
+        LbConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            admin: "127.0.0.1:9090".parse().unwrap(),
+            strategy: "least-loaded",
+            agent_interval: "1s",
+            gzip: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn no_tls_section_unless_asked() {
+        assert!(!lb().toml(&[]).contains("[tls]"));
+    }
+
+    #[test]
+    fn tls_section_names_listener_cert_and_key() {
+        let cfg = LbConfig {
+            tls: Some(LbTls {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+                cert: "/tmp/run/certs/cert.pem".into(),
+                key: "/tmp/run/certs/key.pem".into(),
+            }),
+            ..lb()
+        };
+        let toml = cfg.toml(&[]);
+        // Last, so that its keys cannot fall into another section.
+        let tls = &toml[toml.find("\n[tls]\n").expect("a [tls] section")..];
+        assert_eq!(
+            tls,
+            "\n[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"/tmp/run/certs/cert.pem\"\n\
+             key = \"/tmp/run/certs/key.pem\"\n"
+        );
+        assert!(
+            toml.contains("listen = \"127.0.0.1:8080\""),
+            "the plain listener stays"
+        );
     }
 }

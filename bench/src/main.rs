@@ -9,21 +9,28 @@
 //! - [`cluster`]: simulated hosts (backend + agent) and generated `lb.toml`s.
 //! - [`cgroup`]: CPU-quota cgroups (v1 or v2) for simulated hosts.
 //! - [`proxies`]: nginx and HAProxy configurations, and how to start each.
+//! - [`certs`]: a self-signed certificate for the TLS listeners.
 //! - [`load`]: the load driver (open and closed loop, HDR histograms).
+//! - [`handshake`]: the TLS handshake driver (full handshakes, one request
+//!   each) and the TLS settings of every client.
+//! - [`wrk`]: wrk as a second load generator.
 //! - [`report`]: Markdown tables, SVG charts and raw JSON per scenario.
-//! - [`scenarios`]: `stressed-host`, `throughput`, `gzip`, `failover`,
-//!   `idle-conns`, and `all`.
+//! - [`scenarios`]: `stressed-host`, `throughput`, `tls`, `gzip`,
+//!   `failover`, `idle-conns`, and `all`.
 
 #![forbid(unsafe_code)]
 
+mod certs;
 mod cgroup;
 mod cluster;
 mod demo;
+mod handshake;
 mod load;
 mod procs;
 mod proxies;
 mod report;
 mod scenarios;
+mod wrk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +65,9 @@ enum Cmd {
     /// Requests/s, latency, CPU per request and peak RSS: our balancer,
     /// nginx, HAProxy, and straight to a backend.
     Throughput(Opts),
+    /// TLS: requests/s over TLS with keep-alive and full handshakes/s, with
+    /// CPU per request and per handshake: ours against nginx and HAProxy.
+    Tls(Opts),
     /// gzip of 10 KB HTML and 100 KB JSON at levels 1 and 6: ours against
     /// nginx (and HAProxy at level 1).
     Gzip(Opts),
@@ -144,6 +154,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Demo { config, out } => demo::run(&config, &out).await,
         Cmd::StressedHost(o) => scenarios::run("stressed-host", &o.ctx()).await.map(drop),
         Cmd::Throughput(o) => scenarios::run("throughput", &o.ctx()).await.map(drop),
+        Cmd::Tls(o) => scenarios::run("tls", &o.ctx()).await.map(drop),
         Cmd::Gzip(o) => scenarios::run("gzip", &o.ctx()).await.map(drop),
         Cmd::Failover(o) => scenarios::run("failover", &o.ctx()).await.map(drop),
         Cmd::IdleConns(o) => scenarios::run("idle-conns", &o.ctx()).await.map(drop),

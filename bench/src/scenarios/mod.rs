@@ -6,6 +6,7 @@ pub mod gzip;
 pub mod idle;
 pub mod stressed;
 pub mod throughput;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,9 +42,10 @@ impl Ctx {
 }
 
 /// The scenarios `all` runs, in order.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     "failover",
     "throughput",
+    "tls",
     "gzip",
     "idle-conns",
     "stressed-host",
@@ -55,6 +57,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<Vec<Goal>> {
     match name {
         "stressed-host" => stressed::run(ctx).await,
         "throughput" => throughput::run(ctx).await,
+        "tls" => tls::run(ctx).await,
         "gzip" => gzip::run(ctx).await,
         "failover" => failover::run(ctx).await,
         "idle-conns" => idle::run(ctx).await,
@@ -115,7 +118,7 @@ pub async fn start_proxies(
     let mut started = Vec::new();
     let mut skipped = Vec::new();
     for &kind in kinds {
-        match proxies::start(kind, hosts, dir, opts).await? {
+        match proxies::start(kind, hosts, dir, opts.clone()).await? {
             Ok(p) => started.push(p),
             Err(why) => {
                 eprintln!("  {why}");

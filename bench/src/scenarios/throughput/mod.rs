@@ -11,11 +11,10 @@
 //! open-loop runs at one fixed rate (half the slowest proxy's closed-loop
 //! throughput at that worker count). Peak RSS is read at the end.
 //!
-//! Here: starting the targets and measuring. `wrk`: running wrk and reading
-//! its summary. `summary`: medians, tables, charts and the goals.
+//! Here: starting the targets and measuring ([`crate::wrk`] runs wrk).
+//! `summary`: medians, tables, charts and the goals.
 
 mod summary;
-mod wrk;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +29,7 @@ use crate::load::{self, Load, Mode};
 use crate::procs::{stop_all, CpuTimes, Proc};
 use crate::proxies::{Kind, Opts, Proxy};
 use crate::report::{median, Goal, Report};
+use crate::wrk;
 
 /// Closed-loop connections, as in the issue's `wrk -c64`.
 const CONNS: usize = 64;
@@ -217,12 +217,16 @@ async fn measure(
 
 /// The proxy's CPU time so far (its whole process tree); `None` for
 /// `direct`.
-fn cpu(p: &Proxy) -> Option<CpuTimes> {
+pub(crate) fn cpu(p: &Proxy) -> Option<CpuTimes> {
     p.proc.as_ref().and_then(Proc::cpu_times)
 }
 
 /// CPU seconds per 100,000 requests between two readings.
-fn per_100k(before: Option<CpuTimes>, after: Option<CpuTimes>, requests: u64) -> Option<CpuTimes> {
+pub(crate) fn per_100k(
+    before: Option<CpuTimes>,
+    after: Option<CpuTimes>,
+    requests: u64,
+) -> Option<CpuTimes> {
     let (a, b) = (before?, after?);
     Some((b - a).scale(100_000.0 / requests.max(1) as f64))
 }
@@ -230,7 +234,7 @@ fn per_100k(before: Option<CpuTimes>, after: Option<CpuTimes>, requests: u64) ->
 /// The median by total: the middle reading (the mean of the middle two
 /// for an even count), so that its user and system parts add up to the
 /// median total.
-fn median_cpu(mut v: Vec<CpuTimes>) -> Option<CpuTimes> {
+pub(crate) fn median_cpu(mut v: Vec<CpuTimes>) -> Option<CpuTimes> {
     if v.is_empty() {
         return None;
     }

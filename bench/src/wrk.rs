@@ -1,11 +1,13 @@
-//! `wrk` as the second load generator: one run, and its summary parsed.
+//! `wrk` as a load generator: one run, and its summary parsed.
 //!
 //! wrk costs less CPU per request than our driver, so on a shared 2-core
 //! machine it leaves more to the proxy under test and reads closer to the
-//! proxy's own capacity.
+//! proxy's own capacity. Over `https://` it uses the system's OpenSSL, whose
+//! protocol, cipher suites and groups [`Run::openssl_conf`] can pin (the
+//! `OPENSSL_CONF` file, which libssl reads when wrk initialises it).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,6 +26,34 @@ pub struct WrkResult {
     pub errors: u64,
 }
 
+/// One wrk run: `GET /` on `threads` threads over `conns` keep-alive
+/// connections for `secs`.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub addr: SocketAddr,
+    /// `https://` rather than `http://`.
+    pub tls: bool,
+    pub threads: usize,
+    pub conns: usize,
+    /// Whole seconds (at least one), as wrk takes them.
+    pub secs: Duration,
+    /// The `OPENSSL_CONF` file wrk's libssl reads; the system's when `None`.
+    pub openssl_conf: Option<PathBuf>,
+}
+
+impl Run {
+    /// The command line, without the program.
+    fn args(&self) -> Vec<String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        vec![
+            format!("-t{}", self.threads),
+            format!("-c{}", self.conns),
+            format!("-d{}s", self.secs.as_secs().max(1)),
+            format!("{scheme}://{}/", self.addr),
+        ]
+    }
+}
+
 /// `wrk -t<threads> -c<conns> -d<secs>s http://<addr>/`, whole seconds
 /// (at least one), as wrk takes them; `label` names it in the progress line.
 pub async fn run(
@@ -34,15 +64,26 @@ pub async fn run(
     conns: usize,
     secs: Duration,
 ) -> Result<WrkResult> {
-    let secs = secs.as_secs().max(1);
+    let spec = Run {
+        addr,
+        tls: false,
+        threads,
+        conns,
+        secs,
+        openssl_conf: None,
+    };
+    run_spec(wrk, label, &spec).await
+}
+
+/// Runs wrk as `spec` says and reads its summary.
+pub async fn run_spec(wrk: &Path, label: &str, spec: &Run) -> Result<WrkResult> {
+    let args = spec.args();
     let mut cmd = Command::new(wrk);
-    cmd.args([
-        format!("-t{threads}"),
-        format!("-c{conns}"),
-        format!("-d{secs}s"),
-        format!("http://{addr}/"),
-    ]);
-    eprintln!("  [{label}] wrk -t{threads} -c{conns} {addr} for {secs}s");
+    cmd.args(&args);
+    if let Some(conf) = &spec.openssl_conf {
+        cmd.env("OPENSSL_CONF", conf);
+    }
+    eprintln!("  [{label}] wrk {}", args.join(" "));
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await?
         .with_context(|| format!("cannot run {}", wrk.display()))?;
@@ -50,7 +91,8 @@ pub async fn run(
     match parse(&text) {
         Some(r) if out.status.success() => Ok(r),
         _ => bail!(
-            "wrk against {addr} failed ({}): {}{}",
+            "wrk against {} failed ({}): {}{}",
+            spec.addr,
             out.status,
             text.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -86,7 +128,7 @@ pub fn parse(text: &str) -> Option<WrkResult> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse, WrkResult};
+    use super::{parse, Run, WrkResult};
 
     #[test]
     fn parses_the_summary() {
@@ -118,6 +160,22 @@ Requests/sec:   1000.00
 ";
         let r = parse(out).unwrap();
         assert_eq!((r.requests, r.errors), (1000, 19));
+    }
+
+    #[test]
+    fn https_runs_name_the_scheme_and_whole_seconds() {
+        let mut r = Run {
+            addr: "127.0.0.1:8443".parse().unwrap(),
+            tls: true,
+            threads: 2,
+            conns: 64,
+            secs: std::time::Duration::from_millis(1500),
+            openssl_conf: None,
+        };
+        assert_eq!(r.args(), ["-t2", "-c64", "-d1s", "https://127.0.0.1:8443/"]);
+        r.tls = false;
+        r.secs = std::time::Duration::from_millis(300);
+        assert_eq!(r.args()[2..], ["-d1s", "http://127.0.0.1:8443/"]);
     }
 
     #[test]
