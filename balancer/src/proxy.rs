@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,7 +16,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
@@ -26,7 +24,7 @@ use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
-use crate::limits::{self, tunnel, ConnSlot};
+use crate::limits::{self, tunnel};
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
@@ -280,7 +278,7 @@ fn respond(
             // Counted from now: the client's HTTP connection ends as soon
             // as the `101` is out.
             let slot = client.limiter.hold(client.peer);
-            tokio::spawn(tunnel(client, slot, backend, guard));
+            tokio::spawn(tunnel::run(client, slot, backend, guard));
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, ProxyBody::Full(None));
@@ -305,34 +303,6 @@ fn respond(
         Decision::PassThrough { .. } => ProxyBody::Upstream(body),
     };
     Response::from_parts(parts, body)
-}
-
-/// Copies bytes both ways between an upgraded client and backend
-/// connection (WebSocket and other `Upgrade` protocols) until either side
-/// closes or neither has sent anything for `[timeouts] tunnel`; the request
-/// stays in flight meanwhile, and the client's connection counts against
-/// the connection limits.
-async fn tunnel(
-    client: ClientUpgrade,
-    _slot: ConnSlot,
-    backend: hyper::upgrade::OnUpgrade,
-    guard: InFlight,
-) {
-    match tokio::try_join!(client.on, backend) {
-        Ok((c, backend)) => {
-            let (mut c, mut backend) = (TokioIo::new(c), TokioIo::new(backend));
-            let addr = guard.backend().addr;
-            match tunnel::copy_until_idle(&mut c, &mut backend, client.idle).await {
-                tunnel::Ended::Closed => {}
-                tunnel::Ended::Idle => {
-                    client.limiter.rejected.tunnel_timeout.fetch_add(1, Relaxed);
-                    tracing::debug!(backend = %addr, "tunnel closed: idle both ways");
-                }
-                tunnel::Ended::Failed(e) => tracing::debug!(backend = %addr, "tunnel closed: {e}"),
-            }
-        }
-        Err(e) => tracing::debug!(backend = %guard.backend().addr, "upgrade failed: {e}"),
-    }
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {

@@ -2,6 +2,9 @@
 //! knowledge) from HTTP/1.1 by the first bytes, serves each on hyper,
 //! closes idle connections, and drains gracefully on shutdown.
 //!
+//! Each client connection counts against `[limits]` from accept to close
+//! (see [`crate::limits`]); its one timer also runs the send timeout.
+//!
 //! HTTP/1.1 connections hibernate between requests (`h1`): an idle
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by

@@ -1,5 +1,6 @@
-//! `[timeouts] tunnel`: an upgraded connection (WebSocket and other
-//! `Upgrade` protocols) idle both ways this long is closed.
+//! The tunnel of an upgraded connection (WebSocket and other `Upgrade`
+//! protocols), and `[timeouts] tunnel`: one idle both ways this long is
+//! closed.
 //!
 //! Bytes are copied both ways as `tokio::io::copy_bidirectional` does; both
 //! sides count what moves, and the tunnel's one timer checks the count
@@ -15,7 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::ConnSlot;
+use crate::backend::InFlight;
 
 /// The client's side of an `Upgrade` request, for the tunnel that follows
 /// a `101`.
@@ -30,6 +35,34 @@ pub struct ClientUpgrade {
     pub limiter: Arc<super::Limiter>,
     /// The client.
     pub peer: SocketAddr,
+}
+
+/// Copies bytes both ways between an upgraded client and backend
+/// connection (WebSocket and other `Upgrade` protocols) until either side
+/// closes or neither has sent anything for `[timeouts] tunnel`; the request
+/// stays in flight meanwhile, and the client's connection counts against
+/// the connection limits.
+pub async fn run(
+    client: ClientUpgrade,
+    _slot: ConnSlot,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+) {
+    match tokio::try_join!(client.on, backend) {
+        Ok((c, backend)) => {
+            let (mut c, mut backend) = (TokioIo::new(c), TokioIo::new(backend));
+            let addr = guard.backend().addr;
+            match copy_until_idle(&mut c, &mut backend, client.idle).await {
+                Ended::Closed => {}
+                Ended::Idle => {
+                    client.limiter.rejected.tunnel_timeout.fetch_add(1, Relaxed);
+                    tracing::debug!(backend = %addr, "tunnel closed: idle both ways");
+                }
+                Ended::Failed(e) => tracing::debug!(backend = %addr, "tunnel closed: {e}"),
+            }
+        }
+        Err(e) => tracing::debug!(backend = %guard.backend().addr, "upgrade failed: {e}"),
+    }
 }
 
 /// How a tunnel ended.
