@@ -208,7 +208,26 @@ fn metrics(pool: &Pool) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    limits_metrics(pool, &mut out);
     out
+}
+
+/// What `[limits]` and the client timeouts refused, by reason, and the
+/// client connections open.
+fn limits_metrics(pool: &Pool, out: &mut String) {
+    let l = &pool.limiter;
+    let _ = writeln!(
+        out,
+        "# HELP lb_connections client connections open (all listeners)\n# TYPE lb_connections gauge\nlb_connections {}",
+        l.open()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_limited_total requests and connections refused or closed by a limit\n# TYPE lb_limited_total counter"
+    );
+    for (reason, n) in l.rejected.by_reason() {
+        let _ = writeln!(out, "lb_limited_total{{reason=\"{reason}\"}} {n}");
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -18,9 +18,11 @@ use toml::Spanned;
 
 use crate::compress;
 
+mod limits;
 mod raw;
 mod resilience;
 mod secrets;
+pub use limits::RatePerIp;
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
 pub use secrets::AdminToken;
@@ -165,14 +167,35 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish
     /// (extension, default 10 s).
     pub drain: Duration,
+    /// A request body that stalls this long (less than
+    /// `limits::body::MIN_PROGRESS` bytes in it) gets `408` and its
+    /// connection is closed.
+    pub client_body: Duration,
+    /// A client that takes no byte of its response for this long is
+    /// disconnected, releasing the backend connection it held.
+    pub send: Duration,
+    /// An upgraded connection (WebSocket) idle both ways this long is
+    /// closed.
+    pub tunnel: Duration,
 }
 
 /// `[limits]` (0 means no limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Connections open to one backend at most; at the cap a request waits
     /// up to `timeouts.connect` for one to free up.
     pub max_conns_per_backend: u32,
+    /// Client connections open at most, all listeners together; at the cap
+    /// the listeners stop accepting until one closes.
+    pub max_connections: u32,
+    /// Client connections one address (an IPv6 /64) may have open; more
+    /// are closed at once.
+    pub max_connections_per_ip: u32,
+    /// Requests per second per client address (a token bucket); over it:
+    /// `429` with `Retry-After`. `None`: no limit.
+    pub rate_per_ip: Option<RatePerIp>,
+    /// Largest request body in bytes; larger: `413`. 0: no limit.
+    pub max_request_body: u64,
 }
 
 /// `[admin]`.
@@ -281,6 +304,7 @@ impl Config {
         );
         let _ = writeln!(s, "{}", self.resilience_summary());
         let _ = writeln!(s, "{}", self.secrets_summary());
+        let _ = writeln!(s, "{}", self.limits_summary());
         let c = &self.compression;
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
         let _ = write!(
@@ -428,12 +452,16 @@ fn validate(raw: RawConfig) -> Check<Config> {
 
     let compression = compression(raw.compression)?;
 
+    let (client_body, send, tunnel) = limits::client_timeouts(&raw.timeouts)?;
     let timeouts = Timeouts {
         connect: duration(&raw.timeouts.connect, "[timeouts] connect", "1s")?,
         request: duration(&raw.timeouts.request, "[timeouts] request", "30s")?,
         idle: duration(&raw.timeouts.idle, "[timeouts] idle", "60s")?,
         header: duration(&raw.timeouts.header, "[timeouts] header", "10s")?,
         drain: duration(&raw.timeouts.drain, "[timeouts] drain", "10s")?,
+        client_body,
+        send,
+        tunnel,
     };
 
     let admin_listen = match &raw.admin.listen {
@@ -445,14 +473,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
         token: secrets::admin_token(&raw.admin, admin_listen)?,
     };
 
-    let limits = Limits {
-        max_conns_per_backend: int_in(
-            &raw.limits.max_conns_per_backend,
-            "[limits] max_conns_per_backend",
-            0,
-            0..=1_000_000,
-        )? as u32,
-    };
+    let limits = limits::limits(&raw.limits)?;
 
     Ok(Config {
         listen,

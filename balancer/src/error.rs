@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::limits::{BodyError, CloseConnection};
 use crate::outcome::Outcome;
 use crate::proxy::ProxyBody;
 
@@ -55,6 +56,34 @@ pub enum ProxyError {
     /// The request is refused before any backend is chosen.
     #[error("{1}")]
     Refused(StatusCode, &'static str),
+    /// The client is over `[limits] rate_per_ip`.
+    #[error("too many requests; retry in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until a request would be allowed (`Retry-After`).
+        retry_after: u64,
+        /// The client kept going after repeated refusals: close its
+        /// connection.
+        disconnect: bool,
+    },
+    /// The client's request body broke a limit or the protocol: `413`,
+    /// `408` or `400` (see [`crate::limits::BodyError`]); the connection is
+    /// closed, as its request stream is no longer in a known state.
+    #[error("{why}")]
+    ClientBody {
+        /// The status for the body's error.
+        status: StatusCode,
+        /// What happened, in one line.
+        why: String,
+    },
+}
+
+impl From<&BodyError> for ProxyError {
+    fn from(e: &BodyError) -> ProxyError {
+        ProxyError::ClientBody {
+            status: e.status(),
+            why: e.to_string(),
+        }
+    }
 }
 
 impl ProxyError {
@@ -68,6 +97,8 @@ impl ProxyError {
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Refused(status, _) => *status,
+            ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ClientBody { status, .. } => *status,
         }
     }
 
@@ -113,7 +144,10 @@ impl ProxyError {
     /// backend's address or the error chain.
     pub fn reason(&self) -> String {
         match self {
-            ProxyError::NoBackend | ProxyError::Refused(..) => self.to_string(),
+            ProxyError::NoBackend
+            | ProxyError::Refused(..)
+            | ProxyError::TooManyRequests { .. }
+            | ProxyError::ClientBody { .. } => self.to_string(),
             ProxyError::Connect { reason, .. } | ProxyError::Upstream { reason, .. } => {
                 (*reason).to_owned()
             }
@@ -134,7 +168,10 @@ impl ProxyError {
             | ProxyError::Timeout { .. } => {
                 tracing::warn!(client = %peer, "{}: {self}", self.status());
             }
-            ProxyError::NoBackend | ProxyError::Refused(..) => {
+            ProxyError::NoBackend
+            | ProxyError::Refused(..)
+            | ProxyError::TooManyRequests { .. }
+            | ProxyError::ClientBody { .. } => {
                 tracing::debug!(client = %peer, "{}: {self}", self.status());
             }
         }
@@ -150,9 +187,27 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let ProxyError::NoBackend = self {
+        let close = match self {
+            ProxyError::NoBackend => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                false
+            }
+            ProxyError::TooManyRequests {
+                retry_after,
+                disconnect,
+            } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                disconnect
+            }
+            ProxyError::ClientBody { .. } => true,
+            _ => false,
+        };
+        if close {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.extensions_mut().insert(CloseConnection);
         }
         resp
     }

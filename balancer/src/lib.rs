@@ -25,6 +25,8 @@
 //!   [`monitor`]: the staggered, jittered loop both run; [`deadline`]:
 //!   time arithmetic on configured durations that saturates, never panics.
 //! - [`compress`]: the compression decision and streaming encoders.
+//! - [`limits`]: caps and timeouts against hostile clients (connections,
+//!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
 
@@ -42,6 +44,7 @@ pub mod error;
 pub mod health;
 pub mod host;
 pub mod latency;
+pub mod limits;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;

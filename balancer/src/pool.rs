@@ -28,6 +28,7 @@ use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
 use crate::conns;
 use crate::latency::Baselines;
+use crate::limits::Limiter;
 use crate::outcome::Outcome;
 use crate::select::{self, Pick, View};
 use crate::{agent_poll, health, outlier};
@@ -67,6 +68,9 @@ pub struct Pool {
     /// that two backends tripping together cannot both take the last room
     /// under `max_ejected_percent`. Never taken by a request that went well.
     ejecting: Mutex<()>,
+    /// The client limits' counts and tables (`[limits]`), kept across
+    /// reloads.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Pool {
@@ -83,6 +87,7 @@ impl Pool {
                 Arc::new(Backend::new(b, rise, fall, &baselines))
             })
             .collect();
+        let limiter = Arc::new(Limiter::new(&config.limits));
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
@@ -97,6 +102,7 @@ impl Pool {
             budget: RetryBudget::new(),
             panic: AtomicBool::new(false),
             ejecting: Mutex::new(()),
+            limiter,
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -123,6 +129,7 @@ impl Pool {
     pub fn reload(self: &Arc<Self>, config: Config) {
         let old = self.snapshot();
         let config = Arc::new(config);
+        self.limiter.configure(&config.limits);
         let mut fresh = Vec::new();
         let backends: Vec<_> = config
             .backends

@@ -16,7 +16,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
@@ -24,6 +23,9 @@ use crate::conns::{self, Lease, ResponseBody};
 use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::host;
+use crate::limits::body::BodyLimits;
+use crate::limits::tunnel::ClientUpgrade;
+use crate::limits::{self, tunnel};
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
@@ -75,8 +77,21 @@ async fn forward(
     }
     let snap = pool.snapshot();
     let config = &snap.config;
+    if let Some(rate) = &config.limits.rate_per_ip {
+        if let Some((retry_after, disconnect)) = pool.limiter.over_rate(rate, peer.addr) {
+            return Err(ProxyError::TooManyRequests {
+                retry_after,
+                disconnect,
+            });
+        }
+    }
     let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade {
+        on: hyper::upgrade::on(&mut req),
+        idle: config.timeouts.tunnel,
+        limiter: Arc::clone(&pool.limiter),
+        peer: peer.addr,
+    });
     let (mut parts, body) = req.into_parts();
 
     let accepted = compress::accepted(&parts.headers, &config.compression);
@@ -92,6 +107,14 @@ async fn forward(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
     let has_body = !body.is_end_stream();
+    let body_limits = BodyLimits {
+        max: config.limits.max_request_body,
+        stall: config.timeouts.client_body,
+    };
+    if has_body {
+        limits::body::check_length(&body, body_limits.max, &pool.limiter.rejected)
+            .map_err(|e| ProxyError::from(&e))?;
+    }
     // A body is paced by the client: such a request is no measure of the
     // host's speed.
     let path = target.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -119,7 +142,9 @@ async fn forward(
         let backend = &snap.backends[i];
         let guard = backend.start_request(class);
 
-        let slot = pending.take().map(BodySlot::new);
+        let slot = pending
+            .take()
+            .map(|b| BodySlot::new(b, body_limits, &pool.limiter));
         let mut out = Request::new(match &slot {
             Some(s) => UpstreamBody::Slot(SlotBody::new(Arc::clone(s))),
             None => UpstreamBody::Empty,
@@ -141,7 +166,8 @@ async fn forward(
         }
 
         let timeout = config.timeouts.request;
-        let sent = tokio::time::timeout(timeout, async {
+        let wait = slot.as_deref().map(|s| &s.wait);
+        let sent = limits::body::within(timeout, wait, async {
             if upgrade {
                 backend
                     .conns
@@ -203,6 +229,9 @@ async fn forward(
         let why = error_chain(&err.error);
         let outcome = Outcome::of_send_error(&err.error);
         pool.report(&snap, i, outcome, Some(why.clone()));
+        if let Some(client) = limits::body::client_fault(&err.error) {
+            return Err(client.into());
+        }
         if let Outcome::ConnectFailed { .. } | Outcome::Saturated = outcome {
             last_error = ProxyError::connect(backend.addr, why, outcome);
             if !body_sent {
@@ -240,7 +269,7 @@ fn respond(
     method: &Method,
     accepted: compress::Accepted,
     settings: &compress::Settings,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
     if let Some(lease) = &lease {
         guard.sent(lease.sent_at);
@@ -249,7 +278,10 @@ fn respond(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let backend = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, backend, guard));
+            // Counted from now: the client's HTTP connection ends as soon
+            // as the `101` is out.
+            let slot = client.limiter.hold(client.peer);
+            tokio::spawn(tunnel::run(client, slot, backend, guard));
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, ProxyBody::Full(None));
@@ -274,25 +306,6 @@ fn respond(
         Decision::PassThrough { .. } => ProxyBody::Upstream(body),
     };
     Response::from_parts(parts, body)
-}
-
-/// Copies bytes both ways between an upgraded client and backend
-/// connection (WebSocket and other `Upgrade` protocols) until either side
-/// closes; the request stays in flight meanwhile.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    guard: InFlight,
-) {
-    match tokio::try_join!(client, backend) {
-        Ok((client, backend)) => {
-            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                tracing::debug!(backend = %guard.backend().addr, "tunnel closed: {e}");
-            }
-        }
-        Err(e) => tracing::debug!(backend = %guard.backend().addr, "upgrade failed: {e}"),
-    }
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {

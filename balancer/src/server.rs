@@ -2,6 +2,9 @@
 //! knowledge) from HTTP/1.1 by the first bytes, serves each on hyper,
 //! closes idle connections, and drains gracefully on shutdown.
 //!
+//! Each client connection counts against `[limits]` from accept to close
+//! (see [`crate::limits`]); its one timer also runs the send timeout.
+//!
 //! HTTP/1.1 connections hibernate between requests (`h1`): an idle
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by
@@ -32,6 +35,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::deadline;
+use crate::limits::send::SendWatch;
+use crate::limits::{CloseConnection, ConnSlot, Limiter};
 use crate::pool::Pool;
 use crate::proxy;
 
@@ -57,12 +62,31 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            (stream, peer) = accept(&listener) => spawn_connection(stream, peer, &pool, &stop),
+            (stream, peer, slot) = accept_client(&listener, &pool.limiter) => {
+                spawn_connection(stream, peer, slot, &pool, &stop);
+            }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     drain(&pool, stop).await;
+}
+
+/// The next client connection on `listener`, counted against `[limits]`
+/// ([`Limiter`]): at `max_connections` it holds the connection it has just
+/// accepted until one closes, and accepts no other meanwhile (see
+/// [`Limiter::reserve`]); a client over `max_connections_per_ip` is closed
+/// at once and the next connection taken.
+pub(crate) async fn accept_client(
+    listener: &TcpListener,
+    limiter: &Arc<Limiter>,
+) -> (TcpStream, SocketAddr, ConnSlot) {
+    loop {
+        let (stream, peer) = accept(listener).await;
+        if let Some(slot) = limiter.reserve().await.admit(peer) {
+            return (stream, peer, slot);
+        }
+    }
 }
 
 /// The next connection on `listener`. Out of file descriptors and the
@@ -86,6 +110,7 @@ pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 pub(crate) fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: ConnSlot,
     pool: &Arc<Pool>,
     stop: &watch::Sender<()>,
 ) {
@@ -95,6 +120,8 @@ pub(crate) fn spawn_connection(
         pool: Arc::clone(pool),
         idle: timeouts.idle,
         header: timeouts.header,
+        send: timeouts.send,
+        _slot: slot,
     };
     tokio::spawn(connection(stream, conn, stop.subscribe()));
 }
@@ -118,6 +145,11 @@ struct Conn {
     idle: Duration,
     /// A request head must arrive whole within this (slowloris guard).
     header: Duration,
+    /// A response that gets nowhere for this long, the client not reading,
+    /// closes the connection (`[timeouts] send`).
+    send: Duration,
+    /// Counts the connection against `[limits]` until it closes.
+    _slot: ConnSlot,
 }
 
 /// One client connection, from accept to close. `stop` changes once, on
@@ -204,25 +236,38 @@ async fn detect(stream: &TcpStream, mut deadline: Pin<&mut Sleep>) -> Option<Pro
     }
 }
 
+/// Concurrent streams one HTTP/2 client connection may have open (hyper's
+/// default is 200). Each stream can hold a backend connection while its
+/// response waits on the client, so this bounds what one client
+/// connection can hold (with `[limits] max_conns_per_backend` bounding the
+/// total); 100 is what nginx (`http2_max_concurrent_streams`) and the
+/// RFC 9113 §6.5.2 recommendation's floor use.
+pub const MAX_H2_STREAMS: u32 = 100;
+
 /// Serves an HTTP/2 connection on hyper until it ends, is idle for
-/// `conn.idle`, or shutdown drains it.
+/// `conn.idle`, stalls on a client that does not read for `conn.send`, is
+/// told to close by a response ([`CloseConnection`]), or shutdown drains
+/// it.
 async fn http2(
     stream: TcpStream,
     conn: Conn,
     mut timer: Pin<&mut Sleep>,
     mut stopped: Pin<&mut impl Stopped>,
 ) {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(true));
     let io = TokioIo::new(ClientIo::new(stream, Bytes::new(), Arc::clone(&activity)));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD as u32);
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let service = service(&conn, &activity);
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
     let peer = conn.peer;
-    let mut idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+    let close = activity.close.notified();
+    tokio::pin!(close);
+    let mut idle = IdleCheck::start(&activity, &conn, timer.as_mut());
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -232,10 +277,18 @@ async fn http2(
                 }
                 return;
             }
-            () = timer.as_mut() => if idle.is_idle(&activity, conn.idle, timer.as_mut()) {
-                tracing::debug!(%peer, "closing idle connection");
-                return;
+            () = timer.as_mut() => match idle.check(&activity, &conn, timer.as_mut()) {
+                Check::Busy => {}
+                Check::Idle => {
+                    tracing::debug!(%peer, "closing idle connection");
+                    return;
+                }
+                Check::SendStalled => return,
             },
+            () = close.as_mut(), if !stopping => {
+                stopping = true;
+                served.as_mut().graceful_shutdown();
+            }
             _ = stopped.as_mut(), if !stopping => {
                 stopping = true;
                 served.as_mut().graceful_shutdown();
@@ -267,7 +320,16 @@ fn service(
         let client = Arc::clone(&client);
         async move {
             let resp = proxy::serve(pool, req, client).await?;
-            Ok(resp.map(|body| Tracked { body, _busy: busy }))
+            if resp.extensions().get::<CloseConnection>().is_some() {
+                // HTTP/1 closes after this response by its `Connection:
+                // close`; HTTP/2 is shut down gracefully.
+                busy.0.close.notify_one();
+            }
+            Ok(resp.map(|body| Tracked {
+                body,
+                _busy: busy,
+                handed: None,
+            }))
         }
     })
 }
@@ -275,10 +337,11 @@ fn service(
 /// What the client receives: the proxy's response, counted in progress.
 type Response = http::Response<Tracked<proxy::ProxyBody>>;
 
-/// What the idle timeout and HTTP/1 hibernation watch on one connection.
+/// What the idle timeout, the send timeout and HTTP/1 hibernation watch on
+/// one connection.
 #[derive(Default)]
 struct Activity {
-    /// Reads and writes that moved bytes, ever.
+    /// Reads that moved bytes, ever (writes are counted by `send`).
     io: AtomicU64,
     /// Requests whose response has not been sent to its last byte: a
     /// connection waiting for a slow backend, or streaming a response with
@@ -291,12 +354,30 @@ struct Activity {
     /// HTTP/1: where the connection is on its way to hibernating
     /// ([`h1::BUSY`], [`h1::RESTING`], [`h1::HIBERNATE`]).
     rest: AtomicU8,
+    /// Writes, and what waits on the client (`[timeouts] send`).
+    send: SendWatch,
+    /// HTTP/2: a response asked for the connection to close
+    /// ([`CloseConnection`]).
+    close: tokio::sync::Notify,
 }
 
 impl Activity {
-    /// Bytes moved: the connection is not idle.
+    /// For an HTTP/2 connection (`h2`) or an HTTP/1 burst.
+    fn new(h2: bool) -> Activity {
+        Activity {
+            send: SendWatch::new(h2),
+            ..Activity::default()
+        }
+    }
+
+    /// Bytes read: the connection is not idle.
     fn moved(&self) {
         self.io.fetch_add(1, Relaxed);
+    }
+
+    /// Reads and writes that moved bytes, ever.
+    fn moves(&self) -> u64 {
+        self.io.load(Relaxed).wrapping_add(self.send.writes())
     }
 }
 
@@ -319,10 +400,14 @@ impl Drop for Busy {
 }
 
 /// A response body that keeps its request counted as in progress on the
-/// connection until the body is done.
+/// connection until the body is done, and (HTTP/2) tells the send timeout
+/// when a frame it handed hyper has not gone yet.
 struct Tracked<B> {
     body: B,
     _busy: Busy,
+    /// The [`SendWatch`] slot of the frame last handed, until hyper polls
+    /// again.
+    handed: Option<u8>,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
@@ -333,7 +418,16 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let send = &this._busy.0.send;
+        if let Some(slot) = this.handed.take() {
+            send.take_back(slot);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.handed = send.hand();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -345,36 +439,74 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
-/// The idle timeout of a connection served by hyper: checked every `limit`
-/// with the connection's timer, it fires once a whole `limit` has passed
-/// with no request in progress and no byte moving (so such a connection
-/// lives `limit` to `2 × limit`). Counting operations instead of reading
-/// the clock on every read and write keeps the data path free of time
-/// calls.
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.handed.take() {
+            self._busy.0.send.take_back(slot);
+        }
+    }
+}
+
+/// The idle and send timeouts of a connection served by hyper, checked
+/// with the connection's timer every period, the shorter of `idle` and
+/// `send`. Idle: whole periods adding up to `idle` have passed with no
+/// request in progress and no byte moving (so such a connection lives
+/// `idle` to `idle` plus a period). Send: see [`SendWatch`]. Counting
+/// operations instead of reading the clock on every read and write keeps
+/// the data path free of time calls.
 struct IdleCheck {
     /// The count of reads and writes at the last check.
     seen: u64,
+    /// Quiet periods in a row.
+    quiet: u32,
+}
+
+/// What a check found.
+enum Check {
+    /// Nothing to do: the timer is armed for the next check.
+    Busy,
+    /// Idle for `idle`: close.
+    Idle,
+    /// A response has waited on the client for `send`: close (counted and
+    /// logged).
+    SendStalled,
 }
 
 impl IdleCheck {
     /// Starts watching `activity`, arming `timer` for the first check.
-    fn start(activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> IdleCheck {
-        timer.reset(deadline::from_now(limit));
+    fn start(activity: &Activity, conn: &Conn, timer: Pin<&mut Sleep>) -> IdleCheck {
+        timer.reset(deadline::from_now(conn.idle.min(conn.send)));
         IdleCheck {
-            seen: activity.io.load(Relaxed),
+            seen: activity.moves(),
+            quiet: 0,
         }
     }
 
-    /// Called when `timer` fires: whether the connection is idle; if not,
-    /// re-arms `timer` for the next check.
-    fn is_idle(&mut self, activity: &Activity, limit: Duration, timer: Pin<&mut Sleep>) -> bool {
-        let now = activity.io.load(Relaxed);
+    /// Called when `timer` fires: what to do; re-arms `timer` unless the
+    /// connection is to close.
+    fn check(&mut self, activity: &Activity, conn: &Conn, timer: Pin<&mut Sleep>) -> Check {
+        if activity.send.tick() {
+            conn.pool
+                .limiter
+                .rejected
+                .send_timeout
+                .fetch_add(1, Relaxed);
+            tracing::debug!(peer = %conn.peer, "closing a connection whose client stopped reading");
+            return Check::SendStalled;
+        }
+        let period = conn.idle.min(conn.send);
+        let now = activity.moves();
         if now == self.seen && activity.requests.load(Relaxed) == 0 {
-            return true;
+            self.quiet += 1;
+            if period.saturating_mul(self.quiet) >= conn.idle {
+                return Check::Idle;
+            }
+        } else {
+            self.quiet = 0;
         }
         self.seen = now;
-        timer.reset(deadline::from_now(limit));
-        false
+        timer.reset(deadline::from_now(period));
+        Check::Busy
     }
 }
 
@@ -399,11 +531,14 @@ mod tests {
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let (_stop, stopped) = watch::channel(());
+        let pool = Pool::start(config);
         let conn = Conn {
             peer,
-            pool: Pool::start(config),
+            _slot: pool.limiter.reserve().await,
+            pool,
             idle: Duration::from_secs(1),
             header: Duration::from_secs(1),
+            send: Duration::from_secs(1),
         };
         let task = connection(stream, conn, stopped);
         let size = std::mem::size_of_val(&task);

@@ -24,12 +24,17 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::limits::ConnSlot;
 use crate::pool::Pool;
 use crate::server;
 
 /// Accepted connections a worker may have waiting before the acceptor
 /// waits for it (and the kernel's backlog holds the rest).
 const HANDOFF_QUEUE: usize = 1024;
+
+/// An accepted connection on its way to a worker, counted against the
+/// limits all along.
+type Handoff = (std::net::TcpStream, SocketAddr, ConnSlot);
 
 /// Serves `listener` with `workers` worker threads until `shutdown`
 /// resolves; then stops accepting and returns once every worker has
@@ -70,7 +75,7 @@ pub(crate) async fn serve(
     let mut next = 0;
     loop {
         tokio::select! {
-            (stream, peer) = server::accept(&listener) => {
+            (stream, peer, slot) = server::accept_client(&listener, &pool.limiter) => {
                 let stream = match stream.into_std() {
                     Ok(s) => s,
                     Err(e) => {
@@ -79,7 +84,7 @@ pub(crate) async fn serve(
                     }
                 };
                 // The next worker in turn that is still running.
-                let mut conn = (stream, peer);
+                let mut conn = (stream, peer, slot);
                 for _ in 0..queues.len() {
                     let queue = &queues[next];
                     next = (next + 1) % queues.len();
@@ -105,11 +110,11 @@ pub(crate) async fn serve(
 
 /// One worker: serves the connections it is handed until the acceptor
 /// closes its queue, then drains them.
-async fn work(mut queue: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>, pool: Arc<Pool>) {
+async fn work(mut queue: mpsc::Receiver<Handoff>, pool: Arc<Pool>) {
     let (stop, _) = watch::channel(());
-    while let Some((stream, peer)) = queue.recv().await {
+    while let Some((stream, peer, slot)) = queue.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => server::spawn_connection(stream, peer, &pool, &stop),
+            Ok(stream) => server::spawn_connection(stream, peer, slot, &pool, &stop),
             Err(e) => tracing::debug!(%peer, "cannot take the connection: {e}"),
         }
     }

@@ -149,6 +149,9 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Option<Spanned<String>>,
     pub(super) header: Option<Spanned<String>>,
     pub(super) drain: Option<Spanned<String>>,
+    pub(super) client_body: Option<Spanned<String>>,
+    pub(super) send: Option<Spanned<String>>,
+    pub(super) tunnel: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,4 +173,9 @@ pub(super) struct RawOutlier {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
     pub(super) max_conns_per_backend: Option<Spanned<i64>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) max_connections_per_ip: Option<Spanned<i64>>,
+    pub(super) rate_per_ip: Option<Spanned<RawNumber>>,
+    pub(super) burst_per_ip: Option<Spanned<i64>>,
+    pub(super) max_request_body: Option<Spanned<super::limits::RawSize>>,
 }

@@ -87,7 +87,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::parse_errors::{HeadSleep, HeadWatch, ParseErrors};
-use super::{service, Activity, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
+use super::{service, Activity, Check, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
 
 /// Serves an HTTP/1.1 connection whose first bytes are readable, burst by
 /// burst, until it closes, times out or shutdown stops it. `timer` is the
@@ -150,7 +150,7 @@ fn burst<'a>(
     mut stopped: Pin<&'a mut impl Stopped>,
 ) -> impl Future<Output = Option<TcpStream>> + 'a {
     async move {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new(false));
         let io = ClientIo::new(stream, std::mem::take(prefix), Arc::clone(&activity));
         let watch = Arc::new(HeadWatch::default());
         let io = TokioIo::new(ParseErrors::new(io, Arc::clone(&watch)));
@@ -171,7 +171,7 @@ fn burst<'a>(
                     .with_upgrades(),
             )
         };
-        let mut idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+        let mut idle = IdleCheck::start(&activity, conn, timer.as_mut());
         // While resting: the count of reads and writes when the grace began.
         let mut resting: Option<u64> = None;
         let mut stopping = false;
@@ -191,7 +191,7 @@ fn burst<'a>(
                 continue;
             }
             if resting.is_none() && activity.rest.load(Relaxed) == RESTING {
-                resting = Some(activity.io.load(Relaxed));
+                resting = Some(activity.moves());
                 let grace = if returning {
                     GRACE.min(conn.header / 2)
                 } else {
@@ -205,18 +205,17 @@ fn burst<'a>(
             match resting.take() {
                 // A whole grace at rest: hyper's next read ends the burst.
                 Some(seen)
-                    if activity.rest.load(Relaxed) == RESTING
-                        && activity.io.load(Relaxed) == seen =>
+                    if activity.rest.load(Relaxed) == RESTING && activity.moves() == seen =>
                 {
                     activity.rest.store(HIBERNATE, Relaxed);
-                    idle = IdleCheck::start(&activity, conn.idle, timer.as_mut());
+                    idle = IdleCheck::start(&activity, conn, timer.as_mut());
                 }
                 // A request came: back to the idle check.
-                Some(_) => idle = IdleCheck::start(&activity, conn.idle, timer.as_mut()),
-                None if idle.is_idle(&activity, conn.idle, timer.as_mut()) => {
-                    return Poll::Ready(None)
-                }
-                None => {}
+                Some(_) => idle = IdleCheck::start(&activity, conn, timer.as_mut()),
+                None => match idle.check(&activity, conn, timer.as_mut()) {
+                    Check::Busy => {}
+                    Check::Idle | Check::SendStalled => return Poll::Ready(None),
+                },
             }
         })
         .await;

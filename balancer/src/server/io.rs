@@ -116,9 +116,7 @@ impl AsyncWrite for ClientIo {
         let this = self.get_mut();
         this.wrote();
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.moved();
-        }
+        this.written(&r);
         r
     }
 
@@ -130,9 +128,7 @@ impl AsyncWrite for ClientIo {
         let this = self.get_mut();
         this.wrote();
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.moved();
-        }
+        this.written(&r);
         r
     }
 
@@ -173,6 +169,17 @@ impl ClientIo {
         self.activity.moved();
         self.activity.quiet.store(false, Relaxed);
         self.activity.rest.store(BUSY, Relaxed);
+    }
+
+    /// Counts a write that moved bytes (the connection is not idle, the
+    /// client is reading), or one that would block (the client may not be
+    /// reading: `[timeouts] send`).
+    fn written(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.send.wrote(),
+            Poll::Pending => self.activity.send.write_blocked(),
+            Poll::Ready(_) => {}
+        }
     }
 
     /// A write after reporting end-of-file (which hyper does not do at a
