@@ -42,12 +42,20 @@ request = "7d"
 idle = "7d"
 header = "7d"
 drain = "7d"
+client_body = "7d"
+send = "7d"
+tunnel = "7d"
 [outlier]
 consecutive_failures = 1000
 base_ejection = "5m"
 max_ejected_percent = 100
 [limits]
 max_conns_per_backend = 1000000
+max_connections = 10000000
+max_connections_per_ip = 10000000
+rate_per_ip = 1000000
+burst_per_ip = 1000000
+max_request_body = "18446744073709551615"
 "#,
         i64::MAX
     )
@@ -122,6 +130,9 @@ async fn a_config_built_in_code_with_durations_and_numbers_past_any_bound_serves
     c.timeouts.idle = never;
     c.timeouts.header = never;
     c.timeouts.drain = never;
+    c.timeouts.client_body = never;
+    c.timeouts.send = never;
+    c.timeouts.tunnel = never;
     c.balance.slow_start = never;
     c.outlier.base_ejection = never;
     c.balance.retries = u32::MAX;
@@ -130,6 +141,9 @@ async fn a_config_built_in_code_with_durations_and_numbers_past_any_bound_serves
     c.outlier.consecutive_failures = u32::MAX;
     c.outlier.max_ejected_percent = u32::MAX;
     c.limits.max_conns_per_backend = u32::MAX;
+    c.limits.max_connections = u32::MAX;
+    c.limits.max_connections_per_ip = u32::MAX;
+    c.limits.max_request_body = u64::MAX;
     c.compression.level = u32::MAX;
     c.compression.min_size = u64::MAX;
     for b in &mut c.backends {

@@ -49,7 +49,17 @@ const KEYS: &[(&str, &str)] = &[
     ("outlier", "consecutive_failures"),
     ("outlier", "base_ejection"),
     ("outlier", "max_ejected_percent"),
+    ("timeouts", "client_body"),
+    ("timeouts", "send"),
+    ("timeouts", "tunnel"),
     ("limits", "max_conns_per_backend"),
+    ("limits", "max_connections"),
+    ("limits", "max_connections_per_ip"),
+    ("limits", "rate_per_ip"),
+    ("limits", "burst_per_ip"),
+    ("limits", "max_request_body"),
+    ("agent", "key_file"),
+    ("admin", "token_file"),
 ];
 
 /// A float as TOML writes it (NaN and the infinities included).

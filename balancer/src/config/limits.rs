@@ -313,7 +313,7 @@ mod tests {
             (
                 "[timeouts]\nsend = \"0s\"\n",
                 4,
-                "[timeouts] send: must be longer than zero",
+                "[timeouts] send: \"0s\" is out of range; valid: longer than zero",
             ),
             (
                 "[timeouts]\nclient_body = \"soon\"\n",

@@ -182,13 +182,13 @@ pub async fn within<F: std::future::Future>(
     };
     let start = Instant::now();
     tokio::pin!(fut);
-    let mut deadline = start + limit;
+    let mut deadline = crate::deadline::after(start, limit);
     loop {
         match tokio::time::timeout_at(deadline, fut.as_mut()).await {
             Ok(out) => return Ok(out),
             Err(elapsed) => {
                 let now = Instant::now();
-                let extended = start + limit + wait.total(now);
+                let extended = crate::deadline::after(start, limit.saturating_add(wait.total(now)));
                 if extended <= now {
                     return Err(elapsed);
                 }
@@ -309,7 +309,7 @@ impl Pace {
                     self.waiting_since = Some(now);
                     wait.begin(now);
                     let left = self.limits.stall.saturating_sub(self.window_waited);
-                    let at = now + left;
+                    let at = crate::deadline::after(now, left);
                     match &mut self.timer {
                         Some(t) => t.as_mut().reset(at),
                         None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
