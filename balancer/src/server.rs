@@ -6,9 +6,15 @@
 //! keep-alive connection is a bare socket awaiting readability, not a
 //! hyper connection with its buffers. HTTP/2 connections are served by
 //! hyper's `http2` builder for their whole life.
+//!
+//! TLS connections (`tls`) run their handshake first, then are served as
+//! HTTP/2 or HTTP/1.1 as ALPN chose, on hyper for their whole life.
 
 mod h1;
 mod io;
+mod tls;
+
+pub(crate) use self::tls::spawn_connection as spawn_tls_connection;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,13 +29,15 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::ReadBuf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::listener::{self, ConnInfo, Listeners};
 use crate::pool::Pool;
 use crate::proxy;
+use crate::tls::{Terminator, TlsInfo};
 
 use self::io::ClientIo;
 
@@ -39,12 +47,14 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The client preface that opens an HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves proxied traffic on `listener` until `shutdown` resolves, then
+/// Serves proxied traffic on `listeners` until `shutdown` resolves, then
 /// stops accepting, closes idle connections and gives in-flight requests
-/// `timeouts.drain` to finish.
+/// `timeouts.drain` to finish. `terminator` runs the TLS listener's
+/// handshakes.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     pool: Arc<Pool>,
+    terminator: Option<Arc<Terminator>>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Every connection task holds a receiver: the send tells them to stop,
@@ -53,11 +63,13 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            (stream, peer) = accept(&listener) => spawn_connection(stream, peer, &pool, &stop),
+            (stream, peer, kind) = listeners.accept() => {
+                listener::spawn(stream, peer, kind, &pool, terminator.as_ref(), &stop);
+            }
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     drain(&pool, stop).await;
 }
 
@@ -87,6 +99,7 @@ pub(crate) fn spawn_connection(
     let timeouts = pool.snapshot().config.timeouts;
     let conn = Conn {
         peer,
+        tls: None,
         pool: Arc::clone(pool),
         idle: timeouts.idle,
         header: timeouts.header,
@@ -108,6 +121,8 @@ pub(crate) async fn drain(pool: &Pool, stop: watch::Sender<()>) {
 /// What a connection task needs besides its socket; moved into the task.
 struct Conn {
     peer: SocketAddr,
+    /// TLS connections: set once the handshake is done.
+    tls: Option<Arc<TlsInfo>>,
     pool: Arc<Pool>,
     /// No request in progress and no byte moving for this long: closed.
     idle: Duration,
@@ -199,10 +214,20 @@ async fn detect(stream: &TcpStream, mut deadline: Pin<&mut Sleep>) -> Option<Pro
     }
 }
 
-/// Serves an HTTP/2 connection on hyper until it ends, is idle for
-/// `conn.idle`, or shutdown drains it.
-async fn http2(
-    stream: TcpStream,
+impl Conn {
+    /// What the connection's requests are told about it.
+    fn info(&self) -> ConnInfo {
+        ConnInfo {
+            peer: self.peer,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection (plain, or TLS after its handshake) on
+/// hyper until it ends, is idle for `conn.idle`, or shutdown drains it.
+async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     conn: Conn,
     mut timer: Pin<&mut Sleep>,
     mut stopped: Pin<&mut impl Stopped>,
@@ -255,7 +280,7 @@ fn service(
     let (pool, activity) = (Arc::clone(&conn.pool), Arc::clone(activity));
     // Formatted once per burst of requests, not per request, and not kept
     // while the connection hibernates.
-    let client = Arc::new(proxy::Peer::new(conn.peer));
+    let client = Arc::new(proxy::Peer::of(conn.info()));
     service_fn(move |req| {
         let busy = Busy::new(&activity);
         let pool = Arc::clone(&pool);
@@ -396,6 +421,7 @@ mod tests {
         let (_stop, stopped) = watch::channel(());
         let conn = Conn {
             peer,
+            tls: None,
             pool: Pool::start(config),
             idle: Duration::from_secs(1),
             header: Duration::from_secs(1),
