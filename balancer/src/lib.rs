@@ -116,12 +116,15 @@ impl Balancer {
                 if old.map(|o| o.listen) != Some(new.listen) {
                     tracing::warn!("[tls] listen cannot change on reload; restart to apply it");
                 }
-                terminator.set_certs(Arc::clone(&new.certs));
-                tracing::info!(
-                    "TLS certificates reloaded: {} (and {} for SNI)",
-                    new.certs.default.cert.display(),
-                    new.certs.sni.len()
-                );
+                if terminator.set_certs(Arc::clone(&new.certs)) {
+                    tracing::info!(
+                        "TLS certificates reloaded: {} (and {} for SNI)",
+                        new.certs.default.cert.display(),
+                        new.certs.sni.len()
+                    );
+                } else {
+                    tracing::info!("TLS certificates unchanged");
+                }
             }
             (Some(_), None) => tracing::warn!(
                 "[tls] removed: the TLS listener keeps its certificates until a restart"

@@ -9,9 +9,10 @@
 //!   configuration holds them.
 //! - [`Terminator`]: the `ServerConfig` (rustls with the `ring` provider,
 //!   TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, session tickets) and
-//!   its resolver, whose table sits behind an `ArcSwap`: a reload swaps the
-//!   table, new handshakes get the new certificates, established
-//!   connections keep theirs and are not dropped.
+//!   the resolver that picks from the table, behind an `ArcSwap`: a reload
+//!   with other certificates swaps in a new configuration, new handshakes
+//!   get the new certificates, established connections keep theirs and
+//!   are not dropped.
 //!
 //! Serving a TLS connection (the handshake under the header timeout, then
 //! HTTP/2 or HTTP/1.1 by ALPN) is `server`'s; accepting it is
@@ -193,10 +194,19 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn pem_error(path: &Path, what: &str, e: &pem::Error) -> String {
-    match e {
-        pem::Error::NoItemsFound => format!("{}: no {what} found", path.display()),
-        other => format!("{}: not a valid PEM {what}: {other}", path.display()),
-    }
+    let why = match e {
+        pem::Error::NoItemsFound => return format!("{}: no {what} found", path.display()),
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "no \"-----END {}-----\" line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "bad \"-----BEGIN\" line {:?}",
+            String::from_utf8_lossy(line).trim()
+        ),
+        other => other.to_string(),
+    };
+    format!("{}: not a valid PEM {what}: {why}", path.display())
 }
 
 /// Whether the certificate of `pair` is valid for `name`: an exact DNS
@@ -302,33 +312,73 @@ impl fmt::Debug for Certs {
     }
 }
 
-/// Picks each handshake's certificate from the current table.
+/// Picks each handshake's certificate from one table.
 #[derive(Debug)]
-struct Resolver(ArcSwap<Certs>);
+struct Resolver(Arc<Certs>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(self.0.load().pick(hello.server_name())))
+        Some(Arc::clone(self.0.pick(hello.server_name())))
     }
 }
 
-/// The TLS side of a listener: the acceptor every TLS connection's
-/// handshake runs through, and the certificates it serves, which a reload
-/// replaces.
+/// The TLS side of a listener: the rustls configuration every handshake
+/// runs with, swapped whole when a reload brings other certificates.
+///
+/// Whole, not only the certificates: the new configuration comes with new
+/// session-ticket keys and an empty session cache, so no client resumes a
+/// session made under the old certificate (a key replaced after a leak
+/// must stop vouching for anyone at once), as nginx's reload does. A
+/// reload that leaves the certificates as they were keeps the
+/// configuration, and so the clients' resumption.
 pub struct Terminator {
-    acceptor: TlsAcceptor,
-    resolver: Arc<Resolver>,
+    current: ArcSwap<Served>,
+}
+
+/// A rustls configuration and the certificates it serves.
+struct Served {
+    config: Arc<ServerConfig>,
+    certs: Arc<Certs>,
 }
 
 impl Terminator {
     /// A terminator serving `certs`.
     pub fn new(certs: Arc<Certs>) -> Terminator {
-        let resolver = Arc::new(Resolver(ArcSwap::new(certs)));
+        Terminator {
+            current: ArcSwap::from_pointee(Served::new(certs)),
+        }
+    }
+
+    /// Serves `certs` to new handshakes from now on; established
+    /// connections keep the certificate they were given. Returns whether
+    /// they differ from those served until now.
+    pub fn set_certs(&self, certs: Arc<Certs>) -> bool {
+        if *self.current.load().certs == *certs {
+            return false;
+        }
+        self.current.store(Arc::new(Served::new(certs)));
+        true
+    }
+
+    /// The certificates served now.
+    pub fn certs(&self) -> Arc<Certs> {
+        Arc::clone(&self.current.load().certs)
+    }
+
+    /// The acceptor a new connection's handshake runs through.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(&self.current.load().config))
+    }
+}
+
+impl Served {
+    fn new(certs: Arc<Certs>) -> Served {
+        let resolver = Arc::new(Resolver(Arc::clone(&certs)));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("the ring provider supports TLS 1.2 and 1.3")
             .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+            .with_cert_resolver(resolver);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         // Stateless resumption (TLS 1.2 tickets; TLS 1.3 tickets then carry
         // the state too), with keys rotated every 6 hours; without it a
@@ -337,33 +387,17 @@ impl Terminator {
             Ok(ticketer) => config.ticketer = ticketer,
             Err(e) => tracing::warn!("TLS session tickets off: {e}"),
         }
-        Terminator {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            resolver,
+        Served {
+            config: Arc::new(config),
+            certs,
         }
-    }
-
-    /// Serves `certs` to new handshakes from now on; established
-    /// connections keep the certificate they were given.
-    pub fn set_certs(&self, certs: Arc<Certs>) {
-        self.resolver.0.store(certs);
-    }
-
-    /// The certificates served now.
-    pub fn certs(&self) -> Arc<Certs> {
-        self.resolver.0.load_full()
-    }
-
-    /// The acceptor a connection's handshake runs through.
-    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
     }
 }
 
 impl fmt::Debug for Terminator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Terminator")
-            .field("certs", &self.resolver.0.load())
+            .field("certs", &self.current.load().certs)
             .finish()
     }
 }

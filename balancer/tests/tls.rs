@@ -17,8 +17,11 @@
 //! - `redirect_http`: `308` to the right `https://` location.
 //!
 //! The binary's side (`--check`, SIGHUP, config errors naming the file and
-//! key, a TLS address in use) is in `tls_cli.rs`.
+//! key, a TLS address in use) is in `tls/cli.rs`; the shared helpers in
+//! `tls/pki.rs`.
 
+#[path = "tls/cli.rs"]
+mod cli;
 #[path = "tls/pki.rs"]
 mod pki;
 mod support;
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 use rustls::pki_types::CertificateDer;
+use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -336,14 +340,14 @@ async fn a_reload_serves_the_new_certificate_while_old_connections_keep_going() 
     let backend = echo_backend().await;
     let lb = TlsLb::start(backend, &old_cert.toml(), "").await;
 
+    // One client configuration throughout: it keeps session tickets, and
+    // resumes where it can.
+    let config = pki.client(&["h2", "http/1.1"], false, None);
+    let h1 = pki.client(&["http/1.1"], false, None);
     let mut kept = Vec::new();
-    for alpn in ["h2", "http/1.1"] {
-        let config = pki.client(&[alpn], false, None);
-        let stream = tls_connect(lb.tls, "site.test", &config).await.unwrap();
-        assert_eq!(
-            stream.get_ref().1.peer_certificates().unwrap()[0],
-            old_cert.der
-        );
+    for config in [&config, &h1] {
+        let stream = tls_connect(lb.tls, "site.test", config).await.unwrap();
+        assert!(stream.get_ref().1.peer_certificates().unwrap()[0] == old_cert.der);
         let mut client = Client::over(stream).await;
         assert_eq!(
             client.get("site.test", "/echo").await.status,
@@ -352,9 +356,23 @@ async fn a_reload_serves_the_new_certificate_while_old_connections_keep_going() 
         kept.push(client);
     }
 
-    lb.reload(&new_cert.toml(), "");
-    let config = pki.client(&["h2"], false, None);
+    // Unchanged certificates: a reload keeps the sessions.
+    lb.reload(&old_cert.toml(), "");
     let stream = tls_connect(lb.tls, "site.test", &config).await.unwrap();
+    assert_eq!(
+        stream.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    assert!(stream.get_ref().1.peer_certificates().unwrap()[0] == old_cert.der);
+
+    // New ones: a new connection gets them, even from a client holding a
+    // ticket from before (no resumption into the old certificate).
+    lb.reload(&new_cert.toml(), "");
+    let stream = tls_connect(lb.tls, "site.test", &config).await.unwrap();
+    assert_eq!(
+        stream.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
     let served: &CertificateDer = &stream.get_ref().1.peer_certificates().unwrap()[0];
     assert!(
         *served == new_cert.der,

@@ -74,7 +74,7 @@ pub(crate) fn spawn_connection(
         idle: timeouts.idle,
         header: timeouts.header,
     };
-    let acceptor = terminator.acceptor().clone();
+    let acceptor = terminator.acceptor();
     tokio::spawn(connection(stream, conn, acceptor, stop.subscribe()));
 }
 

@@ -255,22 +255,30 @@ impl Client {
     /// `GET path` from `host`, bounded by 30 s.
     pub async fn get(&mut self, host: &str, path: &str) -> Answer {
         let exchange = async {
-            let resp = match self {
-                Client::H2(send) => {
-                    let req = Request::get(format!("https://{host}{path}"))
-                        .body(Empty::new())
-                        .unwrap();
-                    send.send_request(req).await
+            let sent = async {
+                match self {
+                    Client::H2(send) => {
+                        let req = Request::get(format!("https://{host}{path}"))
+                            .body(Empty::new())
+                            .unwrap();
+                        send.ready().await?;
+                        send.send_request(req).await
+                    }
+                    Client::H1(send) => {
+                        let req = Request::get(path)
+                            .header(http::header::HOST, host)
+                            .body(Empty::new())
+                            .unwrap();
+                        // The previous response may not have freed the
+                        // connection yet.
+                        send.ready().await?;
+                        send.send_request(req).await
+                    }
                 }
-                Client::H1(send) => {
-                    let req = Request::get(path)
-                        .header(http::header::HOST, host)
-                        .body(Empty::new())
-                        .unwrap();
-                    send.send_request(req).await
-                }
-            }
-            .unwrap_or_else(|e| panic!("GET {path} from {host}: {e}"));
+            };
+            let resp = sent
+                .await
+                .unwrap_or_else(|e| panic!("GET {path} from {host}: {e:?}"));
             let (parts, body) = resp.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
             Answer {
