@@ -405,7 +405,7 @@ mod tests {
     /// A hibernating HTTP/1 connection is its task and tokio's registration
     /// of its socket, so the task's future must stay small: a hyper
     /// connection or a second timer inline would add hundreds of bytes to
-    /// every idle connection (release builds: 624 bytes, a 768-byte task).
+    /// every idle connection (release builds: 632 bytes, a 768-byte task).
     #[tokio::test]
     async fn a_connection_task_is_a_few_hundred_bytes() {
         let config = crate::Config::parse(

@@ -411,7 +411,7 @@ async fn redirect_http_answers_308_to_the_https_address() {
             format!("https://shop.test:{tls_port}/form"),
         ),
         (
-            format!("GET http://site.test:99/x HTTP/1.1\r\nHost: site.test:99\r\n\r\n"),
+            "GET http://site.test:99/x HTTP/1.1\r\nHost: site.test:99\r\n\r\n".to_owned(),
             format!("https://site.test:{tls_port}/x"),
         ),
     ] {

@@ -233,8 +233,7 @@ fn without_cert_keys_the_contract_defaults_are_read() {
         "listen = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n[tls]\nredirect_http = false\n",
         Path::new("lb.toml"),
     )
-    .err()
-    .expect("no certificate in /etc/balancer on a test machine")
+    .expect_err("no certificate in /etc/balancer on a test machine")
     .to_string();
     assert!(e.contains("/etc/balancer/cert.pem"), "{e}");
     assert!(e.starts_with("lb.toml:"), "{e}");
