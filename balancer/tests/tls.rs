@@ -15,6 +15,8 @@
 //! - A reload serves the new certificate to new connections while an
 //!   established one keeps working.
 //! - `redirect_http`: `308` to the right `https://` location.
+//! - Worker threads serve TLS connections; a WebSocket over TLS is
+//!   tunnelled both ways.
 //!
 //! The binary's side (`--check`, SIGHUP, config errors naming the file and
 //! key, a TLS address in use) is in `tls/cli.rs`; the shared helpers in
@@ -530,5 +532,56 @@ async fn tls_connections_are_served_by_the_worker_threads() {
     }
     let plain = support::get(&format!("http://{}/echo", lb.plain)).await;
     assert_eq!(plain.status, StatusCode::OK);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_tls_is_tunnelled_both_ways() {
+    let pki = Pki::new("wss");
+    let site = pki.leaf("site", &["site.test"]);
+    let host = support::Host::start("a");
+    let lb = TlsLb::start(host.addr, &site.toml(), "").await;
+    let config = pki.client(&["http/1.1"], false, None);
+    let mut ws = tls_connect(lb.tls, "site.test", &config).await.unwrap();
+    ws.write_all(
+        b"GET /echo HTTP/1.1\r\n\
+          Host: site.test\r\n\
+          Connection: Upgrade\r\n\
+          Upgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          \r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(LIMIT, ws.read_exact(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for len in [1usize, 1000, 100_000] {
+        let msg: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (mut rd, mut wr) = tokio::io::split(&mut ws);
+        let write = async { wr.write_all(&msg).await.unwrap() };
+        let read = async {
+            let mut back = vec![0u8; len];
+            rd.read_exact(&mut back).await.unwrap();
+            back
+        };
+        let ((), back) = tokio::time::timeout(LIMIT, async { tokio::join!(write, read) })
+            .await
+            .unwrap_or_else(|_| panic!("{len} bytes did not come back"));
+        assert!(back == msg, "{len} bytes: echoed bytes differ");
+    }
     lb.stop().await;
 }
