@@ -6,8 +6,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 
-/// A fresh directory for one test's files.
-fn scratch() -> PathBuf {
+/// A fresh directory for one test's files, removed on drop.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch() -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "lb-tls-unit-{}-{}",
@@ -15,7 +30,7 @@ fn scratch() -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Writes a self-signed certificate for `names` and its key as

@@ -156,6 +156,12 @@ impl Pki {
     }
 }
 
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Checks the chain as webpki does, but not the name.
 #[derive(Debug)]
 struct AnyName(Arc<WebPkiServerVerifier>);
