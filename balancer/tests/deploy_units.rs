@@ -126,15 +126,10 @@ fn example() -> toml::Table {
 /// random secret, `cert.pem`/`key.pem` a fresh self-signed pair. A path this
 /// does not know fails the test, so the example cannot grow an unchecked one.
 fn with_generated_files(unit: &Unit, dir: &TempDir, mut text: String) -> String {
-    let quoted: Vec<String> = text
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .map(String::from)
-        .collect();
-    let paths = quoted
-        .into_iter()
-        .filter(|s| s.starts_with("/etc/") || s.starts_with("/run/"));
+    let mut paths = Vec::new();
+    strings(&toml::Value::Table(example()), &mut paths);
+    paths.retain(|s| s.starts_with("/etc/") || s.starts_with("/run/"));
+    assert!(!paths.is_empty());
     let (cert, key) = certificate(dir);
     for path in paths {
         let file = if let Some(name) = path.strip_prefix(CREDENTIALS) {
@@ -155,6 +150,16 @@ fn with_generated_files(unit: &Unit, dir: &TempDir, mut text: String) -> String 
         );
     }
     text
+}
+
+/// Every string value in `value`, however deep.
+fn strings(value: &toml::Value, out: &mut Vec<String>) {
+    match value {
+        toml::Value::String(s) => out.push(s.clone()),
+        toml::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        toml::Value::Table(table) => table.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
 }
 
 /// A self-signed certificate and its key, modes as the README installs them.
