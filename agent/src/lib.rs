@@ -1,6 +1,8 @@
 //! The load agent: reports its host's (or cgroup's) CPU and memory as JSON.
 //!
 //! - [`report`]: the wire format, shared with the balancer.
+//! - [`auth`]: the key shared with the balancer, and the `LB-HMAC` scheme
+//!   that authenticates polls and reports with it (wire format there).
 //! - [`sample`]: the sampler (host-wide via `sysinfo`, or the cgroup's quota
 //!   and limit) and the [`Monitor`] that keeps its latest report.
 //! - `cgroup` (private): finding and reading cgroup v1/v2 files.
@@ -8,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod cgroup;
 pub mod report;
 pub mod sample;
@@ -19,13 +22,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+pub use auth::{AuthError, Key, KeyError, Nonce};
 pub use report::{LoadReport, ReportError};
 pub use sample::{CgroupPaths, Monitor, SampleError, Sampler};
 
@@ -37,15 +44,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// half-open connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How the agent serves, beyond where.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The key shared with the balancer (`--key-file`): with it, requests
+    /// without valid credentials get `401` and every report is
+    /// authenticated (see [`auth`]); without it, anyone may read reports.
+    pub key: Option<Key>,
+}
+
 /// Samples this machine (cgroup-aware) and serves `GET /load` on `listener`
 /// until `shutdown` completes, then lets open connections finish.
 ///
 /// The first report is taken before serving, so this waits one sampling
 /// interval before answering.
 pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    run_with(listener, Options::default(), shutdown).await
+}
+
+/// [`run`] with `options`.
+pub async fn run_with(
+    listener: TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let sampler = Sampler::new(&CgroupPaths::system()).map_err(io::Error::other)?;
     let monitor = Monitor::start(sampler, sample::INTERVAL).await;
-    serve(listener, monitor, shutdown).await
+    serve_with(listener, monitor, options, shutdown).await
 }
 
 /// Serves `monitor`'s latest report on `listener` until `shutdown`
@@ -56,13 +81,28 @@ pub async fn serve(
     monitor: Monitor,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_with(listener, monitor, Options::default(), shutdown).await
+}
+
+/// [`serve`] with `options`.
+pub async fn serve_with(
+    listener: TcpListener,
+    monitor: Monitor,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "agent serving GET /load");
+        let auth = if options.key.is_some() {
+            "LB-HMAC, key required"
+        } else {
+            "none: anyone who reaches this port may read reports"
+        };
+        tracing::info!(%addr, "agent serving GET /load (authentication: {auth})");
     }
 
     loop {
@@ -79,8 +119,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let monitor = monitor.clone();
+        let key = options.key.clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let response = respond(request.method(), request.uri().path(), &monitor.latest());
+            let response = answer(&request, key.as_ref(), &monitor, peer);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -102,9 +143,56 @@ pub async fn serve(
     Ok(())
 }
 
+/// Checks `request`'s credentials when there is a `key` (a stranger gets
+/// `401`, whatever the path), then routes it.
+fn answer<B>(
+    request: &Request<B>,
+    key: Option<&Key>,
+    monitor: &Monitor,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let sign = match key {
+        None => None,
+        Some(key) => {
+            let credentials = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            match key.check_authorization(credentials) {
+                Ok(nonce) => Some((key, nonce)),
+                Err(why) => {
+                    // Debug: a port scan must not fill the log.
+                    tracing::debug!(%peer, "refused: {why}");
+                    return unauthorized();
+                }
+            }
+        }
+    };
+    let path = request.uri().path();
+    respond(request.method(), path, &monitor.latest(), sign)
+}
+
+/// `401`, with the challenge naming the scheme.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized: this agent answers only LB-HMAC-signed polls (the balancer's [agent] key_file)\n",
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::SCHEME));
+    response
+}
+
 /// The whole routing table: `GET`/`HEAD /load`, 405 for other methods
-/// there, 404 elsewhere.
-fn respond(method: &Method, path: &str, report: &LoadReport) -> Response<Full<Bytes>> {
+/// there, 404 elsewhere. With `sign`, a report is authenticated over the
+/// poll's nonce and the body (for `HEAD`, the body a `GET` gets).
+fn respond(
+    method: &Method,
+    path: &str,
+    report: &LoadReport,
+    sign: Option<(&Key, Nonce)>,
+) -> Response<Full<Bytes>> {
     if path != "/load" {
         return text(
             StatusCode::NOT_FOUND,
@@ -131,6 +219,7 @@ fn respond(method: &Method, path: &str, report: &LoadReport) -> Response<Full<By
         }
     };
     let length = json.len();
+    let signature = sign.map(|(key, nonce)| key.sign(&nonce, &json));
     let body = if method == Method::HEAD {
         Bytes::new()
     } else {
@@ -142,6 +231,9 @@ fn respond(method: &Method, path: &str, report: &LoadReport) -> Response<Full<By
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     // A load report is stale within a second; no cache should keep it.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(value) = signature.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        headers.insert(auth::RESPONSE_HEADER, value);
+    }
     response
 }
 
@@ -180,7 +272,7 @@ mod tests {
             (Method::GET, "/load/", 404, None, false),
             (Method::POST, "/other", 404, None, false),
         ] {
-            let response = respond(&method, path, &REPORT);
+            let response = respond(&method, path, &REPORT, None);
             assert_eq!(response.status(), status, "{method} {path}");
             assert_eq!(
                 response.headers().get(ALLOW).map(|v| v.to_str().ok()),
@@ -208,8 +300,14 @@ mod tests {
 
     #[test]
     fn head_announces_the_get_length() {
-        let get = respond(&Method::GET, "/load", &REPORT);
-        let head = respond(&Method::HEAD, "/load", &REPORT);
+        let key = Key::new(b"a key of 16 bytes or more").unwrap();
+        let nonce = Nonce::from_bytes([1; 16]);
+        let get = respond(&Method::GET, "/load", &REPORT, Some((&key, nonce)));
+        let head = respond(&Method::HEAD, "/load", &REPORT, Some((&key, nonce)));
+        assert_eq!(
+            get.headers().get(auth::RESPONSE_HEADER),
+            head.headers().get(auth::RESPONSE_HEADER)
+        );
         assert_eq!(
             get.headers().get(CONTENT_LENGTH),
             head.headers().get(CONTENT_LENGTH)

@@ -5,6 +5,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,9 +17,20 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to serve `GET /load` on.
+    /// Address to serve `GET /load` on. The default, 0.0.0.0:9100, is every
+    /// interface: only the balancer's hosts should reach this port (a
+    /// private network, a firewall rule or a security group), and with
+    /// --key-file only they can read or fake a report.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9100")]
     listen: SocketAddr,
+    /// The key shared with the balancer (its `[agent] key_file`), read once
+    /// at start: at least 16 bytes, trailing newline trimmed. With it,
+    /// requests without valid credentials get 401 and every report is
+    /// authenticated (HMAC-SHA256 over the balancer's nonce and the body);
+    /// the key itself never crosses the wire.
+    /// Make one with: head -c 32 /dev/urandom | base64 > /etc/balancer/agent.key
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -30,6 +42,14 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+
+    let key = match args.key_file.as_deref().map(agent::Key::read).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("agent: --key-file {e}");
+            return ExitCode::from(2);
+        }
+    };
 
     // One thread is plenty for a handful of polls a second, and keeps the
     // agent's own footprint off the load it measures.
@@ -51,7 +71,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match agent::run(listener, shutdown_signal()).await {
+        let options = agent::Options { key };
+        match agent::run_with(listener, options, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("agent: {e}");

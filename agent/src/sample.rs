@@ -228,6 +228,21 @@ impl Monitor {
         Self { latest }
     }
 
+    /// A monitor that reports `report` until [`Monitor::set`] changes it,
+    /// sampling nothing: for tests of what reads reports (the balancer's),
+    /// with loads they choose.
+    pub fn fixed(report: LoadReport) -> Self {
+        Self {
+            latest: Arc::new(ArcSwap::from_pointee(report)),
+        }
+    }
+
+    /// Replaces the latest report (a sampling monitor overwrites it at its
+    /// next sample).
+    pub fn set(&self, report: LoadReport) {
+        self.latest.store(Arc::new(report));
+    }
+
     /// The most recent report.
     pub fn latest(&self) -> LoadReport {
         **self.latest.load()

@@ -1,8 +1,18 @@
 //! The admin listener: `/healthz`, `/status.json`, `/status` (a live HTML
 //! page) and `/metrics` (Prometheus text), served apart from client traffic
 //! so that a flood of clients never hides the balancer's own state.
+//!
+//! Reading (`GET`, `HEAD`) is open to whoever reaches the listener; every
+//! other method needs the bearer token of `[admin] token_file`
+//! ([`authorize`]). Connections get the head and idle timeouts of
+//! `[timeouts]` ([`conn`]), and accepting backs off when out of file
+//! descriptors, as the client listener's does.
 
-use std::convert::Infallible;
+mod auth;
+mod conn;
+
+pub use auth::authorize;
+
 use std::fmt::Write;
 use std::future::Future;
 use std::sync::Arc;
@@ -12,9 +22,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -29,30 +36,18 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("admin accept failed: {e}");
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener) => accepted,
             () = &mut shutdown => return,
         };
-        let pool = Arc::clone(&pool);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let pool = Arc::clone(&pool);
-                async move { Ok::<_, Infallible>(route(&pool, &req)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        conn::spawn(stream, Arc::clone(&pool));
     }
 }
 
 fn route(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Err(denied) = authorize(req, pool.snapshot().config.admin.token.as_ref()) {
+            return *denied;
+        }
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are allowed\n",

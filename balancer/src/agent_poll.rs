@@ -4,14 +4,20 @@
 //! A failed, slow or malformed poll makes the load *unknown* at once: the
 //! backend stays in rotation on its health alone and ranks with the median
 //! of the known loads. Polls are jittered and the first ones staggered, so
-//! that agents are not polled in lockstep. A change between "reporting"
-//! and "not reporting" is logged once, not every poll.
+//! that agents are not polled in lockstep. A change between "reporting",
+//! "not reporting" and "not authenticated" is logged once, not every poll.
+//!
+//! With `[agent] key_file`, each poll carries a fresh nonce and a MAC over
+//! it, and a report counts only when its answer is authenticated over that
+//! nonce and its body (the `LB-HMAC` scheme of [`agent::auth`]): an agent
+//! without the key, with another key, or replaying an earlier answer leaves
+//! the load unknown, as an unreachable agent does.
 
 use std::sync::Weak;
 use std::time::Duration;
 
-use agent::LoadReport;
-use http::{Request, Uri};
+use agent::{AuthError, Key, LoadReport, Nonce};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::backend::Backend;
@@ -35,17 +41,24 @@ pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: u
         offset,
         |c| c.agent.interval,
         |pool, backend, config| async move {
-            match poll(&pool.monitor_client, &backend, config.agent.timeout).await {
+            let key = config.agent.key.as_ref();
+            match poll(&pool.monitor_client, &backend, config.agent.timeout, key).await {
                 Ok(report) => {
                     backend.store_load(report, tokio::time::Instant::now());
                     if backend.set_agent_reporting(true) {
                         tracing::info!(backend = %backend.addr, agent = %backend.agent, "agent reporting: cpu {:.2}, memory {:.2}", report.cpu, report.memory);
                     }
                 }
-                Err(why) => {
+                Err(PollError::Failed(why)) => {
                     backend.clear_load();
                     if backend.set_agent_reporting(false) {
                         tracing::warn!(backend = %backend.addr, agent = %backend.agent, "agent not reporting, load unknown: {why}");
+                    }
+                }
+                Err(PollError::Unauthenticated(why)) => {
+                    backend.clear_load();
+                    if backend.set_agent_unauthenticated() {
+                        tracing::warn!(backend = %backend.addr, agent = %backend.agent, "agent report not authenticated, load unknown: {why}");
                     }
                 }
             }
@@ -53,35 +66,81 @@ pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: u
     );
 }
 
+/// Why a poll brought no report.
+enum PollError {
+    /// No answer, or not a report: the agent is not reporting.
+    Failed(String),
+    /// An answer that is not authenticated with the key (or an agent that
+    /// wants a key we do not have): someone else may be answering.
+    Unauthenticated(String),
+}
+
+impl From<String> for PollError {
+    fn from(why: String) -> PollError {
+        PollError::Failed(why)
+    }
+}
+
+/// One `GET /load`; with `key`, signed with a fresh nonce and checked.
 async fn poll(
     client: &MonitorClient,
     backend: &Backend,
     timeout: Duration,
-) -> Result<LoadReport, String> {
+    key: Option<&Key>,
+) -> Result<LoadReport, PollError> {
     let uri = Uri::builder()
         .scheme("http")
         .authority(backend.agent.to_string())
         .path_and_query("/load")
         .build()
         .map_err(|e| e.to_string())?;
-    let req = Request::get(uri)
-        .header(http::header::USER_AGENT, "balancer-agent-poll")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = Request::get(uri).header(http::header::USER_AGENT, "balancer-agent-poll");
+    let signed = match key {
+        Some(key) => {
+            let nonce = Nonce::random().map_err(|e| format!("no random nonce: {e}"))?;
+            req = req.header(http::header::AUTHORIZATION, key.authorization(&nonce));
+            Some((key, nonce))
+        }
+        None => None,
+    };
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET /load answered {}", resp.status()));
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let why = match key {
+                Some(_) => "the agent has another key",
+                None => "the agent wants a key; set [agent] key_file",
+            };
+            return Err(PollError::Unauthenticated(format!(
+                "GET /load answered 401: {why}"
+            )));
         }
-        let body = Limited::new(resp.into_body(), MAX_REPORT)
+        if !resp.status().is_success() {
+            return Err(format!("GET /load answered {}", resp.status()).into());
+        }
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_REPORT)
             .collect()
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        LoadReport::parse(&body).map_err(|e| e.to_string())
+        if let Some((key, nonce)) = signed {
+            let mac = parts.headers.get(agent::auth::RESPONSE_HEADER);
+            key.verify(&nonce, mac.map(http::HeaderValue::as_bytes), &body)
+                .map_err(|e| {
+                    PollError::Unauthenticated(match e {
+                        AuthError::Missing => {
+                            "the answer is not signed (is the agent started with --key-file?)"
+                                .to_owned()
+                        }
+                        other => format!("the answer is {other}"),
+                    })
+                })?;
+        }
+        Ok(LoadReport::parse(&body).map_err(|e| e.to_string())?)
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("GET /load timed out after {timeout:?}")),
+        Err(_) => Err(format!("GET /load timed out after {timeout:?}").into()),
     }
 }

@@ -65,7 +65,8 @@ pub struct Backend {
     /// The latest error, for the status page.
     last_error: ArcSwapOption<ErrorNote>,
     /// Whether the agent answered its last poll: 0 not polled yet, 1 yes,
-    /// 2 no. Only changes are logged.
+    /// 2 no, 3 with an answer that was not authenticated. Only changes are
+    /// logged.
     agent_state: AtomicU8,
     /// When this backend entered the pool: the origin of the outlier and
     /// slow-start clocks.
@@ -248,6 +249,12 @@ impl Backend {
     pub fn set_agent_reporting(&self, reporting: bool) -> bool {
         let state = if reporting { 1 } else { 2 };
         self.agent_state.swap(state, Relaxed) != state
+    }
+
+    /// Records that the agent's answer was not authenticated; true when
+    /// that is a change.
+    pub fn set_agent_unauthenticated(&self) -> bool {
+        self.agent_state.swap(3, Relaxed) != 3
     }
 
     /// Forgets the load report: the load is unknown until the next good poll.

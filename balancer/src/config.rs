@@ -20,8 +20,10 @@ use crate::compress;
 
 mod raw;
 mod resilience;
+mod secrets;
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
+pub use secrets::AdminToken;
 
 /// The whole validated configuration. Cheap to clone: reloads build a new
 /// one and swap it in whole.
@@ -134,7 +136,7 @@ pub struct Health {
 }
 
 /// `[agent]`: polling of the load agent on each backend host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPoll {
     /// Agent port used when a backend does not name its agent.
     pub port: u16,
@@ -142,6 +144,10 @@ pub struct AgentPoll {
     pub interval: Duration,
     /// A poll slower than this failed.
     pub timeout: Duration,
+    /// The key shared with the agents (`key_file`, read at load): with it,
+    /// a report not authenticated over this poll's nonce counts as unknown
+    /// load. `None`: reports are taken as they come.
+    pub key: Option<agent::Key>,
 }
 
 /// `[timeouts]`.
@@ -170,10 +176,14 @@ pub struct Limits {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     /// Where the status page, JSON and metrics are served.
     pub listen: SocketAddr,
+    /// The bearer token of the mutating endpoints (`token_file`, read at
+    /// load). `None`: they answer `403`; only allowed on a loopback
+    /// `listen`.
+    pub token: Option<AdminToken>,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -270,6 +280,7 @@ impl Config {
             h.rise
         );
         let _ = writeln!(s, "{}", self.resilience_summary());
+        let _ = writeln!(s, "{}", self.secrets_summary());
         let c = &self.compression;
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
         let _ = write!(
@@ -330,6 +341,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
         port: int_in(&raw.agent.port, "[agent] port", 9100, 1..=65535)? as u16,
         interval: duration(&raw.agent.interval, "[agent] interval", "1s")?,
         timeout: duration(&raw.agent.timeout, "[agent] timeout", "500ms")?,
+        key: secrets::agent_key(&raw.agent)?,
     };
 
     let list_span = raw.backends.span();
@@ -424,11 +436,13 @@ fn validate(raw: RawConfig) -> Check<Config> {
         drain: duration(&raw.timeouts.drain, "[timeouts] drain", "10s")?,
     };
 
+    let admin_listen = match &raw.admin.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9000)),
+        Some(s) => addr("[admin] listen", s)?,
+    };
     let admin = Admin {
-        listen: match &raw.admin.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 9000)),
-            Some(s) => addr("[admin] listen", s)?,
-        },
+        listen: admin_listen,
+        token: secrets::admin_token(&raw.admin, admin_listen)?,
     };
 
     let limits = Limits {

@@ -7,6 +7,7 @@
 //! hyper connection with its buffers. HTTP/2 connections are served by
 //! hyper's `http2` builder for their whole life.
 
+mod backoff;
 mod h1;
 mod io;
 
@@ -63,14 +64,15 @@ pub(crate) async fn serve(
 
 /// The next connection on `listener`. Out of file descriptors and the
 /// like: it backs off briefly rather than spin (the listener itself stays
-/// usable) and tries again.
+/// usable) and tries again, logging at most once a second. Every listener
+/// (client and admin) accepts through this.
 pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff::accept_failed(listener, &e);
+                tokio::time::sleep(backoff::PAUSE).await;
             }
         }
     }

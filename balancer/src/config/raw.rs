@@ -128,6 +128,7 @@ pub(super) struct RawAgent {
     pub(super) port: Option<Spanned<i64>>,
     pub(super) interval: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,6 +155,7 @@ pub(super) struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
