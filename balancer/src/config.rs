@@ -290,8 +290,9 @@ impl Config {
         let _ = writeln!(s, "listen {}, admin {}", self.listen, self.admin.listen);
         let _ = writeln!(
             s,
-            "strategy {}, {} backend(s):",
+            "strategy {}, retries {}, {} backend(s):",
             self.balance.strategy.name(),
+            self.balance.retries,
             self.backends.len()
         );
         for b in &self.backends {
@@ -307,20 +308,48 @@ impl Config {
             h.fall,
             h.rise
         );
+        let a = &self.agent;
+        let _ = writeln!(
+            s,
+            "agent polls every {}, timeout {} (default agent port {})",
+            humantime::format_duration(a.interval),
+            humantime::format_duration(a.timeout),
+            a.port
+        );
+        let t = &self.timeouts;
+        let _ = writeln!(
+            s,
+            "timeouts: connect {}, request {}, idle {}, header {}, drain {}",
+            humantime::format_duration(t.connect),
+            humantime::format_duration(t.request),
+            humantime::format_duration(t.idle),
+            humantime::format_duration(t.header),
+            humantime::format_duration(t.drain)
+        );
         let _ = writeln!(s, "{}", self.resilience_summary());
         let _ = writeln!(s, "{}", self.secrets_summary());
         let _ = writeln!(s, "{}", self.limits_summary());
         let _ = writeln!(s, "{}", self.tls_summary());
+        let _ = write!(s, "{}", self.compression_summary());
+        s
+    }
+
+    /// The `--check` line for `[compression]`: "off" when no encoding is
+    /// left (`gzip = false` and no other), else every setting.
+    fn compression_summary(&self) -> String {
         let c = &self.compression;
+        if c.encodings.is_empty() {
+            return "compression off".into();
+        }
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
-        let _ = write!(
-            s,
-            "compression [{}] level {}, min_size {}",
+        let types: Vec<String> = c.types.iter().map(ToString::to_string).collect();
+        format!(
+            "compression {} level {}, min_size {}, types {}",
             encodings.join(", "),
             c.level,
-            c.min_size
-        );
-        s
+            c.min_size,
+            types.join(", ")
+        )
     }
 }
 
