@@ -19,6 +19,8 @@
 //! - [`outcome`]: what one attempt came to, classified once and reported
 //!   once; it feeds passive health and [`outlier`] ejection (failure
 //!   streaks, the pool share that may be out, panic mode).
+//! - [`rotation`]: an operator's hold on a backend (disabled, draining,
+//!   a weight override), set through the admin API.
 //! - [`slow_start`]: the ramp of a backend that came up or was added;
 //!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
@@ -51,6 +53,7 @@ pub mod outlier;
 pub mod pool;
 pub mod proxy;
 pub mod request_body;
+pub mod rotation;
 pub mod select;
 pub mod server;
 pub mod slow_start;
