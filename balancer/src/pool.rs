@@ -133,7 +133,10 @@ impl Pool {
     /// Swaps in a new configuration, carrying over the state of backends
     /// present in both.
     pub fn reload(self: &Arc<Self>, config: Config) {
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
         let config = Arc::new(config);
         self.limiter.configure(&config.limits);
@@ -180,7 +183,10 @@ impl Pool {
     /// Rebuilds the round-robin schedule from the backends' effective
     /// weights, after the admin API changed one.
     pub fn reschedule(&self) {
-        let _one_at_a_time = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
         self.current.store(Arc::new(Snapshot {
             schedule: schedule(&old.backends),
@@ -241,8 +247,7 @@ impl Pool {
             .count();
         let rotating = states.iter().filter(|s| s.2).count();
         let panic = self.note_panic(snap, out, rotating);
-        let allowed =
-            |i: usize| states[i].2 && !tried.contains(i) && (panic || !states[i].1);
+        let allowed = |i: usize| states[i].2 && !tried.contains(i) && (panic || !states[i].1);
         let choice = select::pick(&how, n, |i| states[i].0, allowed, rng)?;
         if let Some(pass) = choice.pass {
             snap.backends[choice.index].set_pass(pass);
@@ -466,6 +471,31 @@ mod tests {
         // And nothing more is ejected meanwhile.
         fail(&pool, &snap, 2, 10);
         assert!(!snap.backends[2].is_ejected(now()));
+    }
+
+    #[tokio::test]
+    async fn backends_out_of_rotation_stay_out_in_panic_mode_and_do_not_count_towards_it() {
+        use crate::rotation::AdminState;
+        let pool = pool(4, "[balance]\nstrategy = \"random\"\n");
+        let snap = pool.snapshot();
+        snap.backends[0].rotation.set(AdminState::Disabled);
+        snap.backends[1].rotation.set(AdminState::Draining);
+        assert_eq!(reached(&pool, &snap), [false, false, true, true]);
+        // Failures of its last requests do not eject a backend out of
+        // rotation (it is out already, and would take the room of another).
+        fail(&pool, &snap, 0, 20);
+        assert!(!snap.backends[0].is_ejected(tokio::time::Instant::now()));
+        // One of the two in rotation ejected: 50 %, within the limit, no
+        // panic (the two in maintenance are not failures).
+        fail(&pool, &snap, 2, 5);
+        assert!(snap.backends[2].is_ejected(tokio::time::Instant::now()));
+        assert!(!pool.in_panic(&snap));
+        assert_eq!(reached(&pool, &snap), [false, false, false, true]);
+        // The other down: panic. The ejected one takes traffic again; the
+        // operator's two stay out.
+        snap.backends[3].mark_down();
+        assert!(pool.in_panic(&snap));
+        assert_eq!(reached(&pool, &snap), [false, false, true, false]);
     }
 
     #[tokio::test]
