@@ -83,7 +83,10 @@ impl Balancer {
     }
 
     /// Applies a new configuration: backends present in both keep their
-    /// health, load and counters; new ones start up; removed ones stop
+    /// health, load and counters, and the state an operator set through
+    /// the admin API (disabled, draining; a weight override too, unless
+    /// the new file changes that backend's weight: then the file wins and
+    /// the log says so); new ones start up; removed ones stop
     /// receiving requests (those in flight finish). The listen addresses
     /// are bound once and a change to them needs a restart: the running
     /// configuration keeps the addresses actually listened on, so

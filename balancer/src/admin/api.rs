@@ -62,9 +62,18 @@ impl Action {
 
 /// `(addr, action)` when `path` is `/backends/{addr}/{action}`; other
 /// paths are the main router's.
+/// An IPv6 address may come as `[::1]:8000` or percent-encoded
+/// (`%5B::1%5D:8000`, `%3A` for `:`), as clients differ.
 pub(super) fn target(path: &str) -> Option<(String, String)> {
     let (addr, action) = path.strip_prefix("/backends/")?.split_once('/')?;
-    (!addr.is_empty() && !action.contains('/')).then(|| (addr.to_owned(), action.to_owned()))
+    let addr = addr
+        .replace("%5B", "[")
+        .replace("%5b", "[")
+        .replace("%5D", "]")
+        .replace("%5d", "]")
+        .replace("%3A", ":")
+        .replace("%3a", ":");
+    (!addr.is_empty() && !action.contains('/')).then(|| (addr, action.to_owned()))
 }
 
 /// Answers `req`, whose path is `/backends/{addr}/{action}`.
@@ -268,6 +277,11 @@ mod tests {
             t("/backends/10.0.0.1:80/drain"),
             Some(("10.0.0.1:80".into(), "drain".into()))
         );
+        let v6 = Some(("[::1]:8000".into(), "enable".into()));
+        assert_eq!(t("/backends/%5B::1%5D:8000/enable"), v6);
+        assert_eq!(t("/backends/%5b%3A%3a1%5d:8000/enable"), v6);
+        let uri: http::Uri = "/backends/[::1]:8000/enable".parse().expect("a valid URI");
+        assert_eq!(t(uri.path()), v6);
         assert_eq!(t("/backends"), None);
         assert_eq!(t("/backends/10.0.0.1:80"), None);
         assert_eq!(t("/backends//drain"), None);
