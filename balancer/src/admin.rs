@@ -8,6 +8,7 @@
 //! `[timeouts]` ([`conn`]), and accepting backs off when out of file
 //! descriptors, as the client listener's does.
 
+mod api;
 mod auth;
 mod conn;
 
@@ -40,6 +41,15 @@ pub(crate) async fn serve(
             () = &mut shutdown => return,
         };
         conn::spawn(stream, Arc::clone(&pool));
+    }
+}
+
+/// Sends `/backends/{addr}/{action}` to the admin API ([`api`]), the rest
+/// to [`route`].
+async fn respond(pool: &Pool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match api::target(req.uri().path()) {
+        Some((addr, action)) => api::handle(pool, req, &addr, &action).await,
+        None => route(pool, &req),
     }
 }
 
@@ -86,7 +96,9 @@ pub fn status(pool: &Pool) -> serde_json::Value {
             json!({
                 "addr": b.addr.to_string(),
                 "agent": b.agent.to_string(),
-                "weight": b.weight,
+                "weight": b.effective_weight(),
+                "config_weight": b.rotation.weight_override().map(|_| b.weight),
+                "admin_state": b.rotation.reported(stats.in_flight).name(),
                 "healthy": b.is_up(),
                 "cpu": load.as_ref().map(|l| l.report.cpu),
                 "memory": load.as_ref().map(|l| l.report.memory),

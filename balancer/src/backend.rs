@@ -19,6 +19,7 @@ use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
+use crate::rotation::Rotation;
 use crate::select::{LoadView, View};
 use crate::slow_start::SlowStart;
 
@@ -29,8 +30,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Where its host's agent answers `GET /load`.
     pub agent: SocketAddr,
-    /// Relative capacity.
+    /// Relative capacity, as `lb.toml` sets it (the admin API may
+    /// override it: see [`Backend::effective_weight`]).
     pub weight: u32,
+    /// The operator's state (in rotation, disabled, draining) and weight
+    /// override, set through the admin API.
+    pub rotation: Rotation,
     /// `addr` as a URI authority, built once so probes need not format it.
     pub authority: http::uri::Authority,
     /// `addr` as a `Host` header, for requests that came without one
@@ -118,6 +123,7 @@ impl Backend {
             addr: cfg.addr,
             agent: cfg.agent,
             weight: cfg.weight,
+            rotation: Rotation::default(),
             authority: cfg
                 .addr
                 .to_string()
@@ -158,6 +164,7 @@ impl Backend {
             outlier: Detector::carried(&old.outlier),
             slow_start: SlowStart::carried(&old.slow_start),
             conns: Arc::clone(&old.conns),
+            rotation: old.rotation.carried(&cfg.addr, old.weight, cfg.weight),
             ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {
@@ -170,6 +177,12 @@ impl Backend {
     /// Whether new requests may be sent here.
     pub fn is_up(&self) -> bool {
         self.health.load(Relaxed) & UP != 0
+    }
+
+    /// The weight selection uses: the admin API's override, else
+    /// `lb.toml`'s.
+    pub fn effective_weight(&self) -> u32 {
+        self.rotation.weight_override().unwrap_or(self.weight)
     }
 
     /// Applies one active probe result with HAProxy's counter semantics
@@ -276,7 +289,7 @@ impl Backend {
             // Set by the pool, which knows `[balance] slow_start`.
             ramp: 1.0,
             up: self.is_up(),
-            weight: self.weight,
+            weight: self.effective_weight(),
             in_flight: self.in_flight.load(Relaxed),
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),

@@ -23,6 +23,8 @@
 //! - [`outcome`]: what one attempt came to, classified once and reported
 //!   once; it feeds passive health and [`outlier`] ejection (failure
 //!   streaks, the pool share that may be out, panic mode).
+//! - [`rotation`]: an operator's hold on a backend (disabled, draining,
+//!   a weight override), set through the admin API.
 //! - [`slow_start`]: the ramp of a backend that came up or was added;
 //!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
@@ -57,6 +59,7 @@ pub mod pool;
 pub mod proxy;
 pub mod redirect;
 pub mod request_body;
+pub mod rotation;
 pub mod select;
 pub mod server;
 pub mod slow_start;
@@ -96,7 +99,10 @@ impl Balancer {
     }
 
     /// Applies a new configuration: backends present in both keep their
-    /// health, load and counters; new ones start up; removed ones stop
+    /// health, load and counters, and the state an operator set through
+    /// the admin API (disabled, draining; a weight override too, unless
+    /// the new file changes that backend's weight: then the file wins and
+    /// the log says so); new ones start up; removed ones stop
     /// receiving requests (those in flight finish). The listen addresses
     /// are bound once and a change to them needs a restart: the running
     /// configuration keeps the addresses actually listened on, so
