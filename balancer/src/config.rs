@@ -19,10 +19,12 @@ use toml::Spanned;
 use crate::compress;
 
 mod limits;
+mod log;
 mod raw;
 mod resilience;
 mod secrets;
 pub use limits::RatePerIp;
+pub use log::{Access, Format, Log};
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
 pub use secrets::AdminToken;
@@ -51,6 +53,8 @@ pub struct Config {
     pub outlier: Outlier,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[log]`: the access log.
+    pub log: Log,
 }
 
 /// One backend as configured.
@@ -305,6 +309,7 @@ impl Config {
         let _ = writeln!(s, "{}", self.resilience_summary());
         let _ = writeln!(s, "{}", self.secrets_summary());
         let _ = writeln!(s, "{}", self.limits_summary());
+        let _ = writeln!(s, "{}", self.log_summary());
         let c = &self.compression;
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
         let _ = write!(
@@ -474,6 +479,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
     };
 
     let limits = limits::limits(&raw.limits)?;
+    let log = log::log(&raw.log)?;
 
     Ok(Config {
         listen,
@@ -486,6 +492,7 @@ fn validate(raw: RawConfig) -> Check<Config> {
         admin,
         outlier,
         limits,
+        log,
     })
 }
 

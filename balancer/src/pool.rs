@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::access_log::AccessLog;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
@@ -71,6 +72,8 @@ pub struct Pool {
     /// The client limits' counts and tables (`[limits]`), kept across
     /// reloads.
     pub limiter: Arc<Limiter>,
+    /// The access log (`[log]`), reopened on SIGHUP.
+    pub access_log: AccessLog,
 }
 
 impl Pool {
@@ -88,6 +91,7 @@ impl Pool {
             })
             .collect();
         let limiter = Arc::new(Limiter::new(&config.limits));
+        let access_log = AccessLog::start(&config.log);
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
@@ -103,6 +107,7 @@ impl Pool {
             panic: AtomicBool::new(false),
             ejecting: Mutex::new(()),
             limiter,
+            access_log,
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -220,6 +225,12 @@ impl Pool {
             snap.backends[choice.index].set_pass(pass);
         }
         Some(choice.index)
+    }
+
+    /// Whether the pool was in panic mode at the last choice (no new look:
+    /// the access log's `why`).
+    pub fn panicking(&self) -> bool {
+        self.panic.load(Relaxed)
     }
 
     /// Whether `snap`'s pool is in panic mode now: more than

@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     pub(super) outlier: RawOutlier,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) log: RawLog,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -178,4 +180,11 @@ pub(super) struct RawLimits {
     pub(super) rate_per_ip: Option<Spanned<RawNumber>>,
     pub(super) burst_per_ip: Option<Spanned<i64>>,
     pub(super) max_request_body: Option<Spanned<super::limits::RawSize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) access: Option<Spanned<String>>,
+    pub(super) format: Option<Spanned<String>>,
 }
