@@ -72,6 +72,15 @@ impl AccessLog {
         }
     }
 
+    /// Turns the log off and waits (a few seconds at most) for the lines
+    /// already logged to be written: at exit, after the requests drained.
+    pub fn close(&self) {
+        self.on.store(false, Relaxed);
+        if let Some(sink) = self.sink.swap(None) {
+            sink.close(Duration::from_secs(5));
+        }
+    }
+
     /// Starts the record of a request, or `None` (one branch) when the log
     /// is off.
     #[inline]
@@ -103,6 +112,7 @@ impl AccessLog {
                 referer: header(header::REFERER),
             },
             start: Instant::now(),
+            answered: false,
             backend_time: Arc::new(AtomicU64::new(0)),
             sink,
         }))
@@ -193,6 +203,9 @@ impl Why {
 pub struct Record {
     entry: Entry,
     start: Instant,
+    /// A backend's response (else the balancer answered itself, and there
+    /// is no backend time to log).
+    answered: bool,
     /// Written by the last attempt's in-flight guard when dropped.
     backend_time: Arc<AtomicU64>,
     sink: Arc<Sink>,
@@ -228,8 +241,7 @@ impl Record {
     /// the balancer's own answer, and there is no backend time).
     pub fn respond(&mut self, status: StatusCode, from_backend: bool) {
         self.entry.status = status;
-        // Any value is replaced at the end; `Some` marks "a backend answered".
-        self.entry.backend_time = from_backend.then_some(Duration::ZERO);
+        self.answered = from_backend;
     }
 
     /// The response is over: sends the line.
@@ -237,9 +249,9 @@ impl Record {
         let e = &mut self.entry;
         e.bytes = bytes;
         e.total = Instant::now().saturating_duration_since(self.start);
-        if e.backend_time.is_some() {
-            e.backend_time = Some(Duration::from_nanos(self.backend_time.load(Relaxed)));
-        }
+        e.backend_time = self
+            .answered
+            .then(|| Duration::from_nanos(self.backend_time.load(Relaxed)));
         self.sink.send(self.entry);
     }
 }

@@ -105,9 +105,11 @@ impl Write for Gate {
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        // The first flush comes once the writer has a line and finds the
-        // channel empty: it stalls here, as a slow disk would.
-        let _ = self.go.recv();
+        // Once the writer has a line and finds the channel empty, it
+        // stalls here, as on a slow disk.
+        if !self.got.lock().unwrap().is_empty() {
+            let _ = self.go.recv();
+        }
         Ok(())
     }
 }
@@ -157,5 +159,34 @@ fn a_full_channel_drops_and_counts_and_never_blocks() {
             "{n} lines written, want 5"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A writer that keeps what it was given.
+struct Keep(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Keep {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn close_returns_once_every_line_is_written() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink =
+        Arc::new(Sink::to_writer(Box::new(Keep(Arc::clone(&got))), Format::Json, 1000).unwrap());
+    for _ in 0..500 {
+        assert!(sink.send(entry()));
+    }
+    sink.close(Duration::from_secs(10));
+    let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().count(), 500);
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
     }
 }

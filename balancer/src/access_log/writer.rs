@@ -8,6 +8,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::format::write_line;
@@ -38,6 +40,9 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Sink {
     tx: SyncSender<Entry>,
+    /// Disconnected when the writer thread has written everything and
+    /// ended (taken by [`Sink::close`]).
+    done: Mutex<Option<Receiver<()>>>,
 }
 
 impl Sink {
@@ -77,11 +82,33 @@ impl Sink {
         capacity: usize,
     ) -> Result<Sink, OpenError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let (ended, done) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || run(&rx, BufWriter::with_capacity(64 * 1024, out), format))
+            .spawn(move || {
+                run(&rx, BufWriter::with_capacity(64 * 1024, out), format);
+                drop(ended);
+            })
             .map_err(OpenError::Thread)?;
-        Ok(Sink { tx })
+        Ok(Sink {
+            tx,
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// Lets go of this sink and waits, up to `limit`, for its writer to
+    /// write out every line it was given (once requests still holding the
+    /// sink are done too): before the process exits.
+    pub fn close(self: Arc<Sink>, limit: Duration) {
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(self);
+        if let Some(done) = done {
+            let _ = done.recv_timeout(limit);
+        }
     }
 
     /// Hands `entry` to the writer without waiting; `false` (and counted
