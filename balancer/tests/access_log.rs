@@ -338,6 +338,44 @@ fn a_file_that_cannot_be_opened_is_a_config_error_naming_it() {
 /// A balancer process, killed on drop.
 struct Child(std::process::Child);
 
+impl Child {
+    /// `balancer -c config`, stdout piped, once it listens on `port`.
+    async fn start(config: &Path, port: u16) -> Child {
+        let child = Child(
+            Command::new(BIN)
+                .arg("-c")
+                .arg(config)
+                .arg("--threads")
+                .arg("1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the balancer never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child
+    }
+
+    /// `kill -signal`.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -369,18 +407,7 @@ async fn stdout_mode_writes_lines_to_the_binarys_stdout() {
         ),
     )
     .unwrap();
-    let mut child = Child(
-        Command::new(BIN)
-            .arg("-c")
-            .arg(&config)
-            .arg("--threads")
-            .arg("1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Child::start(&config, port).await;
     let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -388,14 +415,6 @@ async fn stdout_mode_writes_lines_to_the_binarys_stdout() {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the balancer never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let r = get(&format!("http://127.0.0.1:{port}/?stdout-test")).await;
     assert_eq!(r.status, StatusCode::OK);
     let line = rx
@@ -410,4 +429,59 @@ async fn stdout_mode_writes_lines_to_the_binarys_stdout() {
     );
     assert_eq!(field(&line, "backend"), host.addr.to_string());
     drop(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_file_as_logrotate_expects() {
+    let dir = TempDir::new("sighup");
+    let host = Host::start("a");
+    let (port, admin) = (free_port(), free_port());
+    let (file, rotated) = (dir.path("access.log"), dir.path("access.log.1"));
+    let config = dir.path("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nbackends = [{{ addr = \"{}\", agent = \"127.0.0.1:1\" }}]\n\
+             {}[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            host.addr,
+            log_toml(&file, "combined")
+        ),
+    )
+    .unwrap();
+    let child = Child::start(&config, port).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(get(&format!("{url}?one")).await.status, StatusCode::OK);
+    lines(&file, 1).await;
+    std::fs::rename(&file, &rotated).unwrap();
+    child.signal("HUP");
+    // Requests until one lands in the new file (config validation creates
+    // it a moment before the writer is swapped, so the first may not).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sent = 1;
+    loop {
+        assert_eq!(get(&format!("{url}?two")).await.status, StatusCode::OK);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let new = std::fs::read_to_string(&file).unwrap_or_default();
+        if !new.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reopen the file");
+    }
+    let new = lines(&file, 1).await;
+    assert!(new[0].contains("GET /?two "), "{}", new[0]);
+    let old = lines(&rotated, sent - 1).await;
+    assert!(old[0].contains("GET /?one "), "{}", old[0]);
+    // SIGTERM: the balancer drains and exits cleanly.
+    child.signal("TERM");
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
 }
