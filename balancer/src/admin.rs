@@ -213,6 +213,12 @@ fn metrics(pool: &Pool) -> String {
             "retries refused because the retry budget was spent",
             pool.budget.denied(),
         ),
+        (
+            "lb_access_log_dropped_total",
+            "counter",
+            "access log lines dropped because the writer was behind",
+            crate::access_log::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, value) in pool_series {
         let _ = writeln!(

@@ -234,6 +234,7 @@ impl Backend {
             backend_time: Duration::ZERO,
             last: now,
             complete: false,
+            time_to: None,
         }
     }
 
@@ -504,6 +505,10 @@ pub struct InFlight {
     last: Instant,
     /// The response ended normally: the sample is whole and is recorded.
     complete: bool,
+    /// Where the backend time goes when the guard is dropped, in
+    /// nanoseconds: the access log's line for this request (set only while
+    /// the access log is on).
+    time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl InFlight {
@@ -550,6 +555,12 @@ impl InFlight {
         }
     }
 
+    /// Hands the backend time, in nanoseconds, to `cell` when the guard is
+    /// dropped (the access log's `bt`).
+    pub fn report_time_to(&mut self, cell: Arc<std::sync::atomic::AtomicU64>) {
+        self.time_to = Some(cell);
+    }
+
     /// The response ended normally: its backend time is a whole sample.
     pub fn finish(&mut self) {
         self.backend_delivered();
@@ -561,6 +572,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let b = &self.backend;
         b.in_flight.fetch_sub(1, Relaxed);
+        if let Some(cell) = &self.time_to {
+            let nanos = u64::try_from(self.backend_time.as_nanos()).unwrap_or(u64::MAX);
+            cell.store(nanos, Relaxed);
+        }
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);
         }

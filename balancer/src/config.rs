@@ -19,11 +19,13 @@ use toml::Spanned;
 use crate::compress;
 
 mod limits;
+mod log;
 mod raw;
 mod resilience;
 mod secrets;
 mod tls;
 pub use limits::RatePerIp;
+pub use log::{Access, Format, Log};
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
 pub use secrets::AdminToken;
@@ -55,6 +57,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[tls]`: the TLS listener and its certificates (`None`: no TLS).
     pub tls: Option<Tls>,
+    /// `[log]`: the access log.
+    pub log: Log,
 }
 
 /// One backend as configured.
@@ -330,6 +334,7 @@ impl Config {
         let _ = writeln!(s, "{}", self.secrets_summary());
         let _ = writeln!(s, "{}", self.limits_summary());
         let _ = writeln!(s, "{}", self.tls_summary());
+        let _ = writeln!(s, "{}", self.log_summary());
         let _ = write!(s, "{}", self.compression_summary());
         s
     }
@@ -511,6 +516,7 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
     };
 
     let limits = limits::limits(&raw.limits)?;
+    let log = log::log(&raw.log)?;
 
     // Where a clash of listen addresses points: `[tls] listen`, or the
     // table when it takes the default.
@@ -545,6 +551,7 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
         outlier,
         limits,
         tls,
+        log,
     })
 }
 

@@ -35,9 +35,11 @@
 //!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
+//! - [`access_log`]: one line per request, written off the request path.
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod agent_poll;
 pub mod backend;
@@ -117,6 +119,7 @@ impl Balancer {
             config.admin.listen = old.config.admin.listen;
         }
         self.reload_tls(old.config.tls.as_ref(), config.tls.as_ref());
+        self.pool.access_log.reopen(&config.log);
         self.pool.reload(config);
         let snap = self.pool.snapshot();
         tracing::info!(

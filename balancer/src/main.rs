@@ -125,13 +125,17 @@ async fn serve(path: PathBuf, config: Config, workers: usize) -> ExitCode {
     tokio::pin!(serving);
     loop {
         tokio::select! {
-            served = &mut serving => return match served {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("balancer: cannot start the workers: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            served = &mut serving => {
+                // The last requests' access log lines are written before exit.
+                balancer.pool().access_log.close();
+                return match served {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("balancer: cannot start the workers: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             _ = hup.recv() => match Config::load(&path) {
                 Ok(config) => balancer.reload(config),
                 Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),

@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::access_log::AccessLog;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
@@ -76,6 +77,8 @@ pub struct Pool {
     /// change), so that two replacements never overwrite each other's
     /// work. Never taken by a request.
     replacing: Mutex<()>,
+    /// The access log (`[log]`), reopened on SIGHUP.
+    pub access_log: AccessLog,
 }
 
 impl Pool {
@@ -93,6 +96,7 @@ impl Pool {
             })
             .collect();
         let limiter = Arc::new(Limiter::new(&config.limits));
+        let access_log = AccessLog::start(&config.log);
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
@@ -109,6 +113,7 @@ impl Pool {
             ejecting: Mutex::new(()),
             limiter,
             replacing: Mutex::new(()),
+            access_log,
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -253,6 +258,12 @@ impl Pool {
             snap.backends[choice.index].set_pass(pass);
         }
         Some(choice.index)
+    }
+
+    /// Whether the pool was in panic mode at the last choice (no new look:
+    /// the access log's `why`).
+    pub fn panicking(&self) -> bool {
+        self.panic.load(Relaxed)
     }
 
     /// Whether `snap`'s pool is in panic mode now: more than

@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access_log::{Logged, Record};
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
@@ -71,16 +72,28 @@ pub async fn serve(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&pool, req, &peer).await.unwrap_or_else(|e| {
-        e.log(peer.addr);
-        e.into_response()
-    }))
+    let mut log = pool.access_log.begin(&req, peer.addr);
+    let (resp, from_backend) = match forward(&pool, req, &peer, &mut log).await {
+        Ok(resp) => (resp, true),
+        Err(e) => {
+            e.log(peer.addr);
+            (e.into_response(), false)
+        }
+    };
+    Ok(match log {
+        None => resp,
+        Some(mut record) => {
+            record.respond(resp.status(), from_backend);
+            resp.map(|body| ProxyBody::Logged(Box::new(Logged::new(body, record))))
+        }
+    })
 }
 
 async fn forward(
     pool: &Pool,
     mut req: Request<Incoming>,
     peer: &Peer,
+    log: &mut Option<Box<Record>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Refused(
@@ -148,6 +161,9 @@ async fn forward(
     pool.budget.deposit();
     for attempt in 1..=attempts {
         let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
+            if let Some(record) = log {
+                record.none_left();
+            }
             break;
         };
         if attempt > 1 && !pool.budget.try_retry(config.balance.retry_budget) {
@@ -156,7 +172,12 @@ async fn forward(
         }
         tried.add(i);
         let backend = &snap.backends[i];
-        let guard = backend.start_request(class);
+        let mut guard = backend.start_request(class);
+        if let Some(record) = log {
+            let strategy = config.balance.strategy.name();
+            let panic = pool.panicking();
+            guard.report_time_to(record.attempt(backend.addr, attempt, strategy, panic));
+        }
 
         let slot = pending
             .take()
@@ -492,6 +513,9 @@ pub enum ProxyBody {
     Upstream(Guarded<ResponseBody>),
     /// The backend's body, compressed on the fly.
     Compressed(Compressed<Guarded<ResponseBody>>),
+    /// Any of these, with the request's access log line written when it
+    /// is done (only while the access log is on).
+    Logged(Box<Logged<ProxyBody>>),
 }
 
 impl Body for ProxyBody {
@@ -506,6 +530,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Compressed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Logged(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -514,6 +539,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Compressed(b) => b.is_end_stream(),
+            ProxyBody::Logged(b) => b.is_end_stream(),
         }
     }
 
@@ -524,6 +550,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Compressed(b) => b.size_hint(),
+            ProxyBody::Logged(b) => b.size_hint(),
         }
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: RawLimits,
     pub(super) tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub(super) log: RawLog,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -199,4 +201,11 @@ pub(super) struct RawSni {
     pub(super) names: Spanned<Vec<Spanned<String>>>,
     pub(super) cert: Spanned<String>,
     pub(super) key: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) access: Option<Spanned<String>>,
+    pub(super) format: Option<Spanned<String>>,
 }
