@@ -16,13 +16,19 @@ use tokio::net::TcpListener;
 
 const TOKEN: &str = "YWRtaW4tYXBpLXRlc3RzLW9ubHk";
 
-/// The token file, in a directory of this test binary's own.
+/// The token file, in a directory of this test binary's own, written once:
+/// tests run in parallel, and rewriting it would let one test's config
+/// read it while another's write has just truncated it.
 fn token_file() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("balancer-admin-api-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("admin.token");
-    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    path
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("balancer-admin-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.token");
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        path
+    })
+    .clone()
 }
 
 /// A balancer in this runtime, round robin over `hosts` (with `weights`),
