@@ -4,6 +4,9 @@
 //! Everything the request path touches is an atomic or an `ArcSwap`: the
 //! health word, the in-flight and dispatch counters, and the load sample
 //! (replaced whole by the agent poller, read with one lock-free load).
+//! Its metric families are in [`metrics`].
+
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -17,6 +20,7 @@ use tokio::time::Instant;
 use crate::config::BackendConfig;
 use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
+use crate::metrics::RequestTimer;
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
 use crate::select::{LoadView, View};
@@ -76,6 +80,8 @@ pub struct Backend {
     /// When its latest slow start began, so it is not handed a full share
     /// the moment it comes up.
     slow_start: SlowStart,
+    /// Responses and durations for `/metrics` (shared with a successor).
+    pub metrics: Arc<metrics::BackendMetrics>,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -143,6 +149,7 @@ impl Backend {
             born: Instant::now(),
             outlier: Detector::default(),
             slow_start: SlowStart::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -158,6 +165,7 @@ impl Backend {
             outlier: Detector::carried(&old.outlier),
             slow_start: SlowStart::carried(&old.slow_start),
             conns: Arc::clone(&old.conns),
+            metrics: Arc::clone(&old.metrics),
             ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {
@@ -221,6 +229,7 @@ impl Backend {
             backend_time: Duration::ZERO,
             last: now,
             complete: false,
+            timer: None,
         }
     }
 
@@ -255,6 +264,15 @@ impl Backend {
     /// that is a change.
     pub fn set_agent_unauthenticated(&self) -> bool {
         self.agent_state.swap(3, Relaxed) != 3
+    }
+
+    /// Whether the agent answered its last poll with a good report;
+    /// `None` before the first poll.
+    pub fn agent_reporting(&self) -> Option<bool> {
+        match self.agent_state.load(Relaxed) {
+            0 => None,
+            state => Some(state == 1),
+        }
     }
 
     /// Forgets the load report: the load is unknown until the next good poll.
@@ -334,6 +352,9 @@ impl Backend {
         threshold: u32,
         now: Instant,
     ) -> bool {
+        if let Outcome::Response(status) = outcome {
+            self.metrics.responses.add(status);
+        }
         if outcome.is_error() {
             self.record_error(note.unwrap_or_else(|| outcome.to_string()));
         }
@@ -491,6 +512,9 @@ pub struct InFlight {
     last: Instant,
     /// The response ended normally: the sample is whole and is recorded.
     complete: bool,
+    /// The request's clock since it arrived, stopped when this guard drops
+    /// (when the response body ends).
+    timer: Option<RequestTimer>,
 }
 
 impl InFlight {
@@ -511,10 +535,17 @@ impl InFlight {
     /// follows is paced by the client until the body waits again.
     pub fn head_arrived(&mut self, now: Instant) {
         self.backend_time = now.saturating_duration_since(self.start);
+        self.backend.metrics.backend_time.observe(self.backend_time);
         self.last = now;
         if self.waiting_since.take().is_some() {
             self.backend.busy.fetch_sub(1, Relaxed);
         }
+    }
+
+    /// Keeps the request's clock until the response body ends: its total
+    /// time is recorded then, for the pool and for this backend.
+    pub fn time(&mut self, timer: RequestTimer) {
+        self.timer = Some(timer);
     }
 
     /// The body has nothing to give yet: the backend has the turn.
@@ -548,6 +579,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let b = &self.backend;
         b.in_flight.fetch_sub(1, Relaxed);
+        if let Some(timer) = self.timer.take() {
+            b.metrics.total_time.observe(timer.finish());
+        }
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);
         }

@@ -28,6 +28,7 @@
 //! - [`limits`]: caps and timeouts against hostile clients (connections,
 //!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
+//! - [`metrics`]: the one metrics registry; each owner defines its families.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
 
 #![forbid(unsafe_code)]
@@ -45,6 +46,7 @@ pub mod health;
 pub mod host;
 pub mod latency;
 pub mod limits;
+pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;

@@ -58,16 +58,23 @@ pub async fn serve(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&pool, req, &peer).await.unwrap_or_else(|e| {
-        e.log(peer.addr);
-        e.into_response()
-    }))
+    let arrived = tokio::time::Instant::now();
+    Ok(forward(&pool, req, &peer, arrived)
+        .await
+        .unwrap_or_else(|e| {
+            e.log(peer.addr);
+            let resp = e.into_response();
+            // The balancer's own answer: its body is whole already.
+            pool.requests.record(resp.status(), arrived);
+            resp
+        }))
 }
 
 async fn forward(
     pool: &Pool,
     mut req: Request<Incoming>,
     peer: &Peer,
+    arrived: tokio::time::Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Refused(
@@ -140,7 +147,7 @@ async fn forward(
         }
         tried.add(i);
         let backend = &snap.backends[i];
-        let guard = backend.start_request(class);
+        let mut guard = backend.start_request(class);
 
         let slot = pending
             .take()
@@ -200,6 +207,13 @@ async fn forward(
             }
             Ok(Ok((resp, lease))) => {
                 pool.report(&snap, i, Outcome::Response(resp.status()), None);
+                let timer = pool.requests.timer(resp.status(), arrived);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // A tunnel's life is not a request's time: counted now.
+                    backend.metrics.total_time.observe(timer.finish());
+                } else {
+                    guard.time(timer);
+                }
                 return Ok(respond(
                     resp,
                     lease,
