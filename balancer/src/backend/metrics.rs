@@ -38,18 +38,24 @@ pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
     use MetricType::{Counter, Gauge};
     let now = Instant::now();
     let w = &mut Writer { enc, snap, now };
-    w.family::<u64>("lb_backend_up", "1 if the backend is healthy", Gauge, |b, _, _| {
-        Some(u64::from(b.is_up()))
-    })?;
+    w.family::<u64>(
+        "lb_backend_up",
+        "1 if the backend is healthy",
+        Gauge,
+        |b, _, _| Some(u64::from(b.is_up())),
+    )?;
     w.family::<u64>(
         "lb_backend_in_flight",
         "requests in flight (until their response body ends)",
         Gauge,
         |b, _, _| Some(u64::from(b.stats().in_flight)),
     )?;
-    w.family::<u64>("lb_backend_requests", "requests sent", Counter, |b, _, _| {
-        Some(b.stats().requests)
-    })?;
+    w.family::<u64>(
+        "lb_backend_requests",
+        "requests sent",
+        Counter,
+        |b, _, _| Some(b.stats().requests),
+    )?;
     w.family::<u64>(
         "lb_backend_errors",
         "failed attempts (connect errors, resets, timeouts, protocol errors)",
@@ -83,18 +89,24 @@ pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         Gauge,
         |b, _, _| b.agent_reporting().map(u64::from),
     )?;
-    w.family::<u64>("lb_backend_weight", "configured weight", Gauge, |b, _, _| {
-        Some(u64::from(b.weight))
-    })?;
+    w.family::<u64>(
+        "lb_backend_weight",
+        "configured weight",
+        Gauge,
+        |b, _, _| Some(u64::from(b.weight)),
+    )?;
     w.family::<u64>(
         "lb_backend_ejected",
         "1 while outlier ejection keeps the backend out",
         Gauge,
         |b, _, now| Some(u64::from(b.is_ejected(now))),
     )?;
-    w.family::<u64>("lb_backend_ejections", "outlier ejections", Counter, |b, _, now| {
-        Some(b.ejection(now).1)
-    })?;
+    w.family::<u64>(
+        "lb_backend_ejections",
+        "outlier ejections",
+        Counter,
+        |b, _, now| Some(b.ejection(now).1),
+    )?;
     w.family::<f64>(
         "lb_backend_slow_start",
         "share of its weight a backend in slow start takes (absent when full)",
