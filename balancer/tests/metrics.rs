@@ -253,3 +253,54 @@ async fn a_killed_backend_reads_down_and_a_removed_one_disappears() {
     assert_eq!(value(&s, "lb_backend_up", &[("backend", &lb_)]), Some(1.0));
     lb.stop().await;
 }
+
+/// The sum of the histogram `name` (all its series).
+fn sum(scrape: &Scrape, name: &str) -> f64 {
+    total(scrape, &format!("{name}_sum"), &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_time_runs_to_the_end_of_the_body_or_the_client_leaving() {
+    let host = Host::start("a");
+    let lb = Lb::start(&backends_without_agents(&[host.addr])).await;
+
+    // Three chunks 300 ms apart: the head comes first, the body ends at
+    // least 600 ms after it.
+    let r = get(&lb.url("/stream?chunks=3&ms=300")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let s = until(&lb, "one request timed", |s| {
+        value(s, "lb_request_duration_seconds", &[]) == Some(1.0)
+    })
+    .await;
+    let (total_time, backend_time) = (
+        sum(&s, "lb_request_duration_seconds"),
+        sum(&s, "lb_backend_response_duration_seconds"),
+    );
+    assert!(
+        total_time - backend_time >= 0.55,
+        "total {total_time} s, backend {backend_time} s: the body's time is missing"
+    );
+    assert_eq!(sum(&s, "lb_backend_request_duration_seconds"), total_time);
+
+    // A client that leaves mid-body: counted once the balancer notices,
+    // and no longer in flight.
+    let mut stream = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(b"GET /stream?chunks=100&ms=50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut stream).await;
+    assert_eq!(head.status, 200);
+    drop(stream);
+    let s = until(&lb, "the abandoned request timed", |s| {
+        value(s, "lb_request_duration_seconds", &[]) == Some(2.0)
+    })
+    .await;
+    assert_eq!(total(&s, "lb_backend_in_flight", &[]), 0.0);
+    assert_eq!(
+        value(&s, "lb_responses_total", &[("code", "2xx")]),
+        Some(2.0)
+    );
+    lb.stop().await;
+}

@@ -218,3 +218,38 @@ impl Writer<'_, '_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::StatusCode;
+
+    use crate::backend::Backend;
+    use crate::config::BackendConfig;
+    use crate::latency::Baselines;
+    use crate::outcome::Outcome;
+
+    #[test]
+    fn responses_count_once_per_reported_head_and_carry_over_a_weight_change() {
+        let mut cfg = BackendConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            agent: "127.0.0.1:2".parse().unwrap(),
+            weight: 1,
+        };
+        let b = Backend::new(&cfg, 1, 1, &Arc::new(Baselines::new()));
+        let now = tokio::time::Instant::now();
+        for outcome in [
+            Outcome::Response(StatusCode::OK),
+            Outcome::Response(StatusCode::BAD_GATEWAY),
+            Outcome::Timeout,
+            Outcome::Reset,
+        ] {
+            b.report(outcome, None, 5, now);
+        }
+        assert_eq!(b.metrics.responses.get(), [0, 1, 0, 0, 1]);
+        cfg.weight = 3;
+        let next = Backend::succeed(&b, &cfg);
+        assert_eq!(next.metrics.responses.get(), [0, 1, 0, 0, 1]);
+    }
+}
