@@ -26,9 +26,11 @@ use crate::host;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
 use crate::limits::{self, tunnel};
+use crate::listener::ConnInfo;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
+use crate::tls::TlsInfo;
 
 /// The client at the other end of a connection, with what every request
 /// on it sends upstream about it, formatted once per connection.
@@ -38,16 +40,27 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as an `X-Forwarded-For` value.
     forwarded_for: HeaderValue,
+    /// The connection's TLS facts; `None` on the plain listener.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 impl Peer {
-    /// The client at `addr`.
+    /// The client at `addr`, on the plain listener.
     pub fn new(addr: SocketAddr) -> Peer {
-        let ip = addr.ip().to_canonical().to_string();
+        Peer::of(ConnInfo {
+            peer: addr,
+            tls: None,
+        })
+    }
+
+    /// The client of the connection `info` describes.
+    pub fn of(info: ConnInfo) -> Peer {
+        let ip = info.peer.ip().to_canonical().to_string();
         Peer {
-            addr,
+            addr: info.peer,
             forwarded_for: HeaderValue::from_str(&ip)
                 .expect("an IP address is a valid header value"),
+            tls: info.tls,
         }
     }
 }
@@ -91,6 +104,9 @@ async fn forward(
                 disconnect,
             });
         }
+    }
+    if let Some(redirect) = crate::redirect::to_https(config, peer, &req) {
+        return Ok(redirect);
     }
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| ClientUpgrade {
@@ -424,7 +440,7 @@ fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if peer.tls.is_some() { "https" } else { "http" }),
     );
     if let Some(host) = host {
         if !headers.contains_key(header::HOST) {
