@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/status.json`, `/status` (a live HTML
-//! page) and `/metrics` (Prometheus text), served apart from client traffic
+//! page) and `/metrics` (rendered from [`crate::metrics`]: OpenMetrics or
+//! Prometheus text), served apart from client traffic
 //! so that a flood of clients never hides the balancer's own state.
 //!
 //! Reading (`GET`, `HEAD`) is open to whoever reaches the listener; every
@@ -14,7 +15,6 @@ mod conn;
 
 pub use auth::authorize;
 
-use std::fmt::Write;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -73,7 +73,10 @@ fn route(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             serde_json::to_vec_pretty(&status(pool)).unwrap_or_default(),
         ),
         "/status" | "/" => body("text/html; charset=utf-8", STATUS_PAGE.as_bytes().to_vec()),
-        "/metrics" => body("text/plain; version=0.0.4", metrics(pool).into_bytes()),
+        "/metrics" => {
+            let (content_type, text) = pool.metrics.render(req.headers().get(header::ACCEPT));
+            body(content_type, text.into_bytes())
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /status, /status.json, /metrics or /healthz\n",
@@ -130,122 +133,6 @@ pub fn status(pool: &Pool) -> serde_json::Value {
         "retries_denied": pool.budget.denied(),
         "backends": backends,
     })
-}
-
-fn metrics(pool: &Pool) -> String {
-    let snap = pool.snapshot();
-    let now = tokio::time::Instant::now();
-    let mut out = String::new();
-    let series: [(&str, &str, &str); 12] = [
-        ("lb_backend_up", "gauge", "1 if the backend is healthy"),
-        ("lb_backend_in_flight", "gauge", "requests in flight"),
-        ("lb_backend_requests_total", "counter", "requests sent"),
-        ("lb_backend_errors_total", "counter", "failed attempts"),
-        ("lb_backend_cpu", "gauge", "agent-reported CPU fraction"),
-        (
-            "lb_backend_memory",
-            "gauge",
-            "agent-reported memory fraction",
-        ),
-        ("lb_backend_weight", "gauge", "configured weight"),
-        (
-            "lb_backend_ejected",
-            "gauge",
-            "1 while outlier ejection keeps the backend out",
-        ),
-        ("lb_backend_ejections_total", "counter", "outlier ejections"),
-        (
-            "lb_backend_connections",
-            "gauge",
-            "connections open to the backend (in use or idle)",
-        ),
-        (
-            "lb_backend_connections_idle",
-            "gauge",
-            "idle connections kept open to the backend",
-        ),
-        (
-            "lb_backend_slow_start",
-            "gauge",
-            "share of its weight a backend in slow start takes (absent when full)",
-        ),
-    ];
-    for (name, kind, help) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for b in &snap.backends {
-            let stats = b.stats();
-            let load = b.load();
-            let value = match name {
-                "lb_backend_up" => Some(f64::from(u8::from(b.is_up()))),
-                "lb_backend_in_flight" => Some(f64::from(stats.in_flight)),
-                "lb_backend_requests_total" => Some(stats.requests as f64),
-                "lb_backend_errors_total" => Some(stats.errors as f64),
-                "lb_backend_cpu" => load.as_ref().map(|l| l.report.cpu),
-                "lb_backend_memory" => load.as_ref().map(|l| l.report.memory),
-                "lb_backend_ejected" => Some(f64::from(u8::from(b.is_ejected(now)))),
-                "lb_backend_ejections_total" => Some(b.ejection(now).1 as f64),
-                "lb_backend_slow_start" => b.ramp(now, snap.config.balance.slow_start),
-                "lb_backend_connections" => Some(b.conns.open() as f64),
-                "lb_backend_connections_idle" => Some(b.conns.idle() as f64),
-                _ => Some(f64::from(b.weight)),
-            };
-            if let Some(v) = value {
-                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {v}", b.addr);
-            }
-        }
-    }
-    let pool_series = [
-        (
-            "lb_panic",
-            "gauge",
-            "1 while too many backends are down or ejected and ejection is suspended",
-            u64::from(pool.in_panic(&snap)),
-        ),
-        (
-            "lb_retries_total",
-            "counter",
-            "retries granted by the retry budget",
-            pool.budget.granted(),
-        ),
-        (
-            "lb_retries_denied_total",
-            "counter",
-            "retries refused because the retry budget was spent",
-            pool.budget.denied(),
-        ),
-        (
-            "lb_access_log_dropped_total",
-            "counter",
-            "access log lines dropped because the writer was behind",
-            crate::access_log::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-    ];
-    for (name, kind, help, value) in pool_series {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    limits_metrics(pool, &mut out);
-    out
-}
-
-/// What `[limits]` and the client timeouts refused, by reason, and the
-/// client connections open.
-fn limits_metrics(pool: &Pool, out: &mut String) {
-    let l = &pool.limiter;
-    let _ = writeln!(
-        out,
-        "# HELP lb_connections client connections open (all listeners)\n# TYPE lb_connections gauge\nlb_connections {}",
-        l.open()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lb_limited_total requests and connections refused or closed by a limit\n# TYPE lb_limited_total counter"
-    );
-    for (reason, n) in l.rejected.by_reason() {
-        let _ = writeln!(out, "lb_limited_total{{reason=\"{reason}\"}} {n}");
-    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

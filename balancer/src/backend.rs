@@ -4,6 +4,9 @@
 //! Everything the request path touches is an atomic or an `ArcSwap`: the
 //! health word, the in-flight and dispatch counters, and the load sample
 //! (replaced whole by the agent poller, read with one lock-free load).
+//! Its metric families are in [`metrics`].
+
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -17,6 +20,7 @@ use tokio::time::Instant;
 use crate::config::BackendConfig;
 use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
+use crate::metrics::RequestTimer;
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
 use crate::rotation::Rotation;
@@ -81,6 +85,8 @@ pub struct Backend {
     /// When its latest slow start began, so it is not handed a full share
     /// the moment it comes up.
     slow_start: SlowStart,
+    /// Responses and durations for `/metrics` (shared with a successor).
+    pub metrics: Arc<metrics::BackendMetrics>,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -149,6 +155,7 @@ impl Backend {
             born: Instant::now(),
             outlier: Detector::default(),
             slow_start: SlowStart::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -165,6 +172,7 @@ impl Backend {
             slow_start: SlowStart::carried(&old.slow_start),
             conns: Arc::clone(&old.conns),
             rotation: old.rotation.carried(&cfg.addr, old.weight, cfg.weight),
+            metrics: Arc::clone(&old.metrics),
             ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {
@@ -235,6 +243,7 @@ impl Backend {
             last: now,
             complete: false,
             time_to: None,
+            timer: None,
         }
     }
 
@@ -269,6 +278,15 @@ impl Backend {
     /// that is a change.
     pub fn set_agent_unauthenticated(&self) -> bool {
         self.agent_state.swap(3, Relaxed) != 3
+    }
+
+    /// Whether the agent answered its last poll with a good report;
+    /// `None` before the first poll.
+    pub fn agent_reporting(&self) -> Option<bool> {
+        match self.agent_state.load(Relaxed) {
+            0 => None,
+            state => Some(state == 1),
+        }
     }
 
     /// Forgets the load report: the load is unknown until the next good poll.
@@ -348,6 +366,9 @@ impl Backend {
         threshold: u32,
         now: Instant,
     ) -> bool {
+        if let Outcome::Response(status) = outcome {
+            self.metrics.responses.add(status);
+        }
         if outcome.is_error() {
             self.record_error(note.unwrap_or_else(|| outcome.to_string()));
         }
@@ -509,6 +530,9 @@ pub struct InFlight {
     /// nanoseconds: the access log's line for this request (set only while
     /// the access log is on).
     time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The request's clock since it arrived, stopped when this guard drops
+    /// (when the response body ends).
+    timer: Option<RequestTimer>,
 }
 
 impl InFlight {
@@ -529,10 +553,17 @@ impl InFlight {
     /// follows is paced by the client until the body waits again.
     pub fn head_arrived(&mut self, now: Instant) {
         self.backend_time = now.saturating_duration_since(self.start);
+        self.backend.metrics.backend_time.observe(self.backend_time);
         self.last = now;
         if self.waiting_since.take().is_some() {
             self.backend.busy.fetch_sub(1, Relaxed);
         }
+    }
+
+    /// Keeps the request's clock until the response body ends: its total
+    /// time is recorded then, for the pool and for this backend.
+    pub fn time(&mut self, timer: RequestTimer) {
+        self.timer = Some(timer);
     }
 
     /// The body has nothing to give yet: the backend has the turn.
@@ -575,6 +606,9 @@ impl Drop for InFlight {
         if let Some(cell) = &self.time_to {
             let nanos = u64::try_from(self.backend_time.as_nanos()).unwrap_or(u64::MAX);
             cell.store(nanos, Relaxed);
+        }
+        if let Some(timer) = self.timer.take() {
+            b.metrics.total_time.observe(timer.finish());
         }
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);

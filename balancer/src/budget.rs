@@ -94,6 +94,26 @@ impl RetryBudget {
         self.denied.load(Relaxed)
     }
 
+    /// `lb_retries_total` and `lb_retries_denied_total`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use crate::metrics::counter;
+        counter(
+            enc,
+            "lb_retries",
+            "retries granted by the retry budget",
+            self.granted(),
+        )?;
+        counter(
+            enc,
+            "lb_retries_denied",
+            "retries refused because the retry budget was spent",
+            self.denied(),
+        )
+    }
+
     fn second(&self) -> u32 {
         let secs = Instant::now()
             .saturating_duration_since(self.epoch)

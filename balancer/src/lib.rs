@@ -34,6 +34,7 @@
 //! - [`limits`]: caps and timeouts against hostile clients (connections,
 //!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
+//! - [`metrics`]: the one metrics registry; each owner defines its families.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener.
 //! - [`access_log`]: one line per request, written off the request path.
 
@@ -54,6 +55,7 @@ pub mod host;
 pub mod latency;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;

@@ -31,6 +31,7 @@ use crate::config::{Config, Strategy};
 use crate::conns;
 use crate::latency::Baselines;
 use crate::limits::Limiter;
+use crate::metrics::{self, Requests};
 use crate::outcome::Outcome;
 use crate::select::{self, Pick, View};
 use crate::{agent_poll, health, outlier};
@@ -79,6 +80,11 @@ pub struct Pool {
     replacing: Mutex<()>,
     /// The access log (`[log]`), reopened on SIGHUP.
     pub access_log: AccessLog,
+    /// What clients got: responses by class, total times (kept across
+    /// reloads).
+    pub requests: Arc<Requests>,
+    /// The one metrics registry, which `/metrics` renders.
+    pub metrics: metrics::Registry,
 }
 
 impl Pool {
@@ -97,7 +103,10 @@ impl Pool {
             .collect();
         let limiter = Arc::new(Limiter::new(&config.limits));
         let access_log = AccessLog::start(&config.log);
-        let pool = Arc::new(Pool {
+        let requests = Arc::new(Requests::default());
+        let pool = Arc::new_cyclic(|me| Pool {
+            metrics: metrics::Registry::new(me.clone(), &requests, &limiter),
+            requests,
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
                 backends: backends.clone(),
@@ -276,6 +285,20 @@ impl Pool {
         let now = tokio::time::Instant::now();
         let (out, n) = out_of(snap, now);
         self.note_panic(snap, out, n)
+    }
+
+    /// `lb_panic`, for the metrics registry.
+    pub fn encode_metrics(
+        &self,
+        snap: &Snapshot,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        crate::metrics::gauge(
+            enc,
+            "lb_panic",
+            "1 while too many backends are down or ejected and ejection is suspended",
+            u64::from(self.in_panic(snap)),
+        )
     }
 
     /// Panic mode for `out` of `n` backends in rotation down or ejected;

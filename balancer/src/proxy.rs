@@ -72,12 +72,16 @@ pub async fn serve(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let arrived = tokio::time::Instant::now();
     let mut log = pool.access_log.begin(&req, peer.addr);
-    let (resp, from_backend) = match forward(&pool, req, &peer, &mut log).await {
+    let (resp, from_backend) = match forward(&pool, req, &peer, &mut log, arrived).await {
         Ok(resp) => (resp, true),
         Err(e) => {
             e.log(peer.addr);
-            (e.into_response(), false)
+            let resp = e.into_response();
+            // The balancer's own answer: its body is whole already.
+            pool.requests.record(resp.status(), arrived);
+            (resp, false)
         }
     };
     Ok(match log {
@@ -94,6 +98,7 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: &Peer,
     log: &mut Option<Box<Record>>,
+    arrived: tokio::time::Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Refused(
@@ -237,6 +242,13 @@ async fn forward(
             }
             Ok(Ok((resp, lease))) => {
                 pool.report(&snap, i, Outcome::Response(resp.status()), None);
+                let timer = pool.requests.timer(resp.status(), arrived);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // A tunnel's life is not a request's time: counted now.
+                    backend.metrics.total_time.observe(timer.finish());
+                } else {
+                    guard.time(timer);
+                }
                 return Ok(respond(
                     resp,
                     lease,

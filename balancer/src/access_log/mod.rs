@@ -321,3 +321,15 @@ impl<B> Drop for Logged<B> {
 
 #[cfg(test)]
 mod tests;
+
+/// `lb_access_log_dropped_total`, for the metrics registry.
+pub fn encode_metrics(
+    enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+) -> std::fmt::Result {
+    crate::metrics::counter(
+        enc,
+        "lb_access_log_dropped",
+        "access log lines dropped because the writer was behind",
+        DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}

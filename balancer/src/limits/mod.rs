@@ -23,6 +23,7 @@
 //! a branch.
 
 pub mod body;
+mod metrics;
 mod per_ip;
 pub mod rate;
 pub mod send;
