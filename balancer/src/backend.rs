@@ -19,6 +19,7 @@ use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
+use crate::recent::{Quantiles, Recent};
 use crate::select::{LoadView, View};
 use crate::slow_start::SlowStart;
 
@@ -76,6 +77,13 @@ pub struct Backend {
     /// When its latest slow start began, so it is not handed a full share
     /// the moment it comes up.
     slow_start: SlowStart,
+    /// Why it is down (the failing probe's error, or a refused
+    /// connection), for the status page; cleared when it comes back up.
+    down_reason: ArcSwapOption<ErrorNote>,
+    /// The host name its agent reports, if any.
+    hostname: ArcSwapOption<String>,
+    /// Its response times over the last second (status page).
+    recent: Recent,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -143,6 +151,9 @@ impl Backend {
             born: Instant::now(),
             outlier: Detector::default(),
             slow_start: SlowStart::default(),
+            down_reason: ArcSwapOption::empty(),
+            hostname: ArcSwapOption::empty(),
+            recent: Recent::default(),
         }
     }
 
@@ -164,6 +175,8 @@ impl Backend {
             b.load.store(old.load.load_full());
         }
         b.last_error.store(old.last_error.load_full());
+        b.down_reason.store(old.down_reason.load_full());
+        b.hostname.store(old.hostname.load_full());
         b
     }
 
@@ -188,8 +201,39 @@ impl Backend {
         let change = transition(prev & UP != 0, health_step(prev, ok, rise, fall) & UP != 0);
         if change == Some(Transition::WentUp) {
             self.begin_slow_start(Instant::now());
+            self.down_reason.store(None);
         }
         change
+    }
+
+    /// Records why the backend went down, for the status page.
+    pub fn set_down_reason(&self, message: String) {
+        self.down_reason.store(Some(Arc::new(ErrorNote {
+            message,
+            at: SystemTime::now(),
+        })));
+    }
+
+    /// Why it went down, while it is down.
+    pub fn down_reason(&self) -> Option<Arc<ErrorNote>> {
+        self.down_reason.load_full().filter(|_| !self.is_up())
+    }
+
+    /// Stores the host name the agent reports (kept when it is the same).
+    pub fn set_hostname(&self, name: Option<String>) {
+        if self.hostname.load().as_deref() != name.as_ref() {
+            self.hostname.store(name.map(Arc::new));
+        }
+    }
+
+    /// The host name its agent reports.
+    pub fn hostname(&self) -> Option<Arc<String>> {
+        self.hostname.load_full()
+    }
+
+    /// p50/p99 of its responses over the last whole second.
+    pub fn recent_latency(&self, now: Instant) -> Option<Quantiles> {
+        self.recent.last_second(self.clock(now) / 1_000_000_000)
     }
 
     /// Passive marking: a refused connection takes the backend down at once
@@ -341,6 +385,7 @@ impl Backend {
             && self.mark_down() == Some(Transition::WentDown)
         {
             tracing::warn!(backend = %self.addr, "backend down: connection refused");
+            self.set_down_reason("connection refused (a request's connect)".to_owned());
         }
         // Neither the client's fault nor our own connection limit says
         // anything about the backend: the streak is left as it was.
@@ -548,6 +593,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let b = &self.backend;
         b.in_flight.fetch_sub(1, Relaxed);
+        if self.complete {
+            let second = b.clock(self.last) / 1_000_000_000;
+            b.recent
+                .record(second, self.last.saturating_duration_since(self.start));
+        }
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);
         }

@@ -27,6 +27,7 @@ use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
 use crate::conns;
+use crate::decisions::{Asked, Decisions, Seen};
 use crate::latency::Baselines;
 use crate::limits::Limiter;
 use crate::outcome::Outcome;
@@ -71,6 +72,8 @@ pub struct Pool {
     /// The client limits' counts and tables (`[limits]`), kept across
     /// reloads.
     pub limiter: Arc<Limiter>,
+    /// The last choices made, sampled, for `GET /decisions`.
+    pub decisions: Decisions,
 }
 
 impl Pool {
@@ -103,6 +106,7 @@ impl Pool {
             panic: AtomicBool::new(false),
             ejecting: Mutex::new(()),
             limiter,
+            decisions: Decisions::default(),
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -173,6 +177,18 @@ impl Pool {
     /// ejected (unless the pool is in panic mode) and not yet `tried` by
     /// this request. Backends in slow start are offered with their ramp.
     pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
+        self.choose_for(snap, tried, rng, None)
+    }
+
+    /// [`Pool::choose`] for the request `asked`, which a sampled choice
+    /// records for `GET /decisions` ([`crate::decisions`]).
+    pub fn choose_for(
+        &self,
+        snap: &Snapshot,
+        tried: &Tried,
+        rng: &mut fastrand::Rng,
+        asked: Option<Asked<'_>>,
+    ) -> Option<usize> {
         let now = tokio::time::Instant::now();
         let how = Pick {
             strategy: snap.config.balance.strategy,
@@ -215,7 +231,18 @@ impl Pool {
             .count();
         let panic = self.note_panic(snap, out);
         let allowed = |i: usize| !tried.contains(i) && (panic || !states[i].1);
-        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng)?;
+        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng);
+        if let Some(asked) = asked.filter(|_| self.decisions.sample(now)) {
+            let seen = Seen {
+                how: &how,
+                backends: &snap.backends,
+                states,
+                tried: &|i| tried.contains(i),
+                panic,
+            };
+            self.decisions.record(&asked, &seen, choice);
+        }
+        let choice = choice?;
         if let Some(pass) = choice.pass {
             snap.backends[choice.index].set_pass(pass);
         }

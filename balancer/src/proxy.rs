@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
+use crate::decisions::Asked;
 use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::host;
@@ -131,7 +132,12 @@ async fn forward(
     let attempts = config.balance.retries.saturating_add(1);
     pool.budget.deposit();
     for attempt in 1..=attempts {
-        let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
+        let asked = Asked {
+            method: &parts.method,
+            target: path,
+            attempt,
+        };
+        let Some(i) = pool.choose_for(&snap, &tried, &mut rng, Some(asked)) else {
             break;
         };
         if attempt > 1 && !pool.budget.try_retry(config.balance.retry_budget) {
