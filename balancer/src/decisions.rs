@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::config::Strategy;
-use crate::select::{self, Choice, Medians, Pick, View};
+use crate::select::{self, Choice, Medians, Pick, View, Why};
 
 /// How many decisions are kept.
 pub const RING: usize = 64;
@@ -177,6 +177,7 @@ fn describe(asked: &Asked<'_>, seen: &Seen<'_>, choice: Option<Choice>) -> Decis
     let reason = match choice {
         None => "no eligible backend: every one is down, ejected or already tried".to_owned(),
         Some(_) if eligible == 1 => "the only eligible backend".to_owned(),
+        Some(c) if c.why == Why::Lowest => lowest_reason(seen.how.strategy, &candidates),
         Some(c) => c.why.describe().to_owned(),
     };
     let reason = if seen.panic {
@@ -197,6 +198,34 @@ fn describe(asked: &Asked<'_>, seen: &Seen<'_>, choice: Option<Choice>) -> Decis
         reason,
         panic: seen.panic,
         candidates,
+    }
+}
+
+/// "lowest score", saying when others were within the tie band and the
+/// winner took its turn among them.
+fn lowest_reason(strategy: Strategy, candidates: &[Candidate]) -> String {
+    let scores = || {
+        candidates
+            .iter()
+            .filter(|c| c.eligible)
+            .filter_map(|c| c.score)
+    };
+    let best = scores().fold(f64::INFINITY, f64::min);
+    let band = match strategy {
+        Strategy::LeastLoaded => select::TIE_BAND,
+        _ => 0.0,
+    };
+    let tied = scores()
+        .filter(|&s| s <= best + best.abs() * band.max(1e-9))
+        .count();
+    match (tied, strategy) {
+        (0 | 1, _) => "lowest score".to_owned(),
+        (n, Strategy::LeastLoaded) => format!(
+            "lowest score, tied with {} other(s) within {:.0}% of the best: their turn, shared by capacity",
+            n - 1,
+            band * 100.0
+        ),
+        (n, _) => format!("lowest score, tied with {} other(s): their turn, shared by weight", n - 1),
     }
 }
 

@@ -424,7 +424,7 @@ impl Why {
             Why::Turn => "round-robin turn",
             Why::TurnFallback => "round-robin: all ramping or off schedule, weighted random",
             Why::Random => "weighted random",
-            Why::Lowest => "lowest score (ties take turns by capacity)",
+            Why::Lowest => "lowest score",
             Why::Untried => "untried: measured once before its score is trusted",
             Why::Probe => "probe: random pick of an idle backend (1%)",
         }

@@ -112,7 +112,8 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         page.call(domain, json!({})).await;
     }
     let status_url = format!("http://{}/status", lb.admin);
-    page.call("Page.navigate", json!({ "url": status_url })).await;
+    page.call("Page.navigate", json!({ "url": status_url }))
+        .await;
 
     // Live data: every backend up, with its agent's host name, a CPU and a
     // request rate (the rate needs two polls of /status.json).
@@ -152,15 +153,20 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
     // A backend killed: down, with the reason.
     let killed = hosts[1].addr.to_string();
     hosts[1].kill();
-    let after = wait_rows(&mut page, "the killed backend", Duration::from_secs(30), |r| {
-        r.iter().any(|b| {
-            b["addr"] == killed.as_str()
-                && b["state"] == "down"
-                && b["reason"]
-                    .as_str()
-                    .is_some_and(|t| t.to_lowercase().contains("refused"))
-        })
-    })
+    let after = wait_rows(
+        &mut page,
+        "the killed backend",
+        Duration::from_secs(30),
+        |r| {
+            r.iter().any(|b| {
+                b["addr"] == killed.as_str()
+                    && b["state"] == "down"
+                    && b["reason"]
+                        .as_str()
+                        .is_some_and(|t| t.to_lowercase().contains("refused"))
+            })
+        },
+    )
     .await;
     let others = after.iter().filter(|b| b["addr"] != killed.as_str());
     assert!(others.clone().all(|b| b["state"] == "up"), "{after:#?}");
@@ -191,7 +197,10 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
-        .map_or_else(|| PathBuf::from("status-page.png"), |t| t.join("status-page.png"));
+        .map_or_else(
+            || PathBuf::from("status-page.png"),
+            |t| t.join("status-page.png"),
+        );
     std::fs::write(&path, &png).unwrap();
     println!("status page screenshot: {}", path.display());
 
