@@ -47,6 +47,8 @@ pub struct Asked<'a> {
 /// One recorded choice, as `GET /decisions` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    /// Its number: decisions recorded before it, since the start.
+    pub seq: u64,
     /// Wall-clock time, milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// Method and target, cut to 120 bytes.
@@ -154,15 +156,18 @@ impl Decisions {
 
     /// Records a sampled choice.
     pub fn record(&self, asked: &Asked<'_>, seen: &Seen<'_>, choice: Option<Choice>) {
-        let decision = describe(asked, seen, choice);
         let seq = self.seq.fetch_add(1, Relaxed);
+        let decision = Decision {
+            seq,
+            ..describe(asked, seen, choice)
+        };
         self.slots[(seq % RING as u64) as usize].store(Some(Arc::new(decision)));
     }
 
     /// The decisions held, newest first.
     pub fn recent(&self) -> Vec<Arc<Decision>> {
         let mut all: Vec<Arc<Decision>> = self.slots.iter().filter_map(|s| s.load_full()).collect();
-        all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        all.sort_by_key(|d| std::cmp::Reverse(d.seq));
         all
     }
 }
@@ -186,6 +191,7 @@ fn describe(asked: &Asked<'_>, seen: &Seen<'_>, choice: Option<Choice>) -> Decis
         reason
     };
     Decision {
+        seq: 0,
         at_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
