@@ -51,6 +51,9 @@ pub struct Options {
     /// without valid credentials get `401` and every report is
     /// authenticated (see [`auth`]); without it, anyone may read reports.
     pub key: Option<Key>,
+    /// The host name reported beside the load (`--hostname`); `None`: the
+    /// machine's own.
+    pub hostname: Option<String>,
 }
 
 /// Samples this machine (cgroup-aware) and serves `GET /load` on `listener`
@@ -98,7 +101,11 @@ pub async fn serve_with(
     tokio::pin!(shutdown);
     // Reported beside the load, so operators see host names, not only
     // addresses; read once (it does not change under a running agent).
-    let hostname: Option<std::sync::Arc<str>> = sample::hostname().map(Into::into);
+    let hostname: Option<std::sync::Arc<str>> = options
+        .hostname
+        .clone()
+        .or_else(sample::hostname)
+        .map(Into::into);
     if let Ok(addr) = listener.local_addr() {
         let auth = if options.key.is_some() {
             "LB-HMAC, key required"

@@ -71,7 +71,10 @@ fn browser_or_skip() -> Option<PathBuf> {
             std::env::var("CI").as_deref() != Ok("true"),
             "no chromium on PATH, and CI=true: .ci/run must install it (apt-get install chromium)"
         );
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln!.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED: the status page browser test needs chromium \
              (apt-get install chromium, or set CHROMIUM=/path/to/chrome) ***\n"
         );
