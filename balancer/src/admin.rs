@@ -9,6 +9,7 @@
 //! `[timeouts]` ([`conn`]), and accepting backs off when out of file
 //! descriptors, as the client listener's does.
 
+mod api;
 mod auth;
 mod conn;
 
@@ -41,6 +42,15 @@ pub(crate) async fn serve(
             () = &mut shutdown => return,
         };
         conn::spawn(stream, Arc::clone(&pool));
+    }
+}
+
+/// Sends `/backends/{addr}/{action}` to the admin API ([`api`]), the rest
+/// to [`route`].
+async fn respond(pool: &Pool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match api::target(req.uri().path()) {
+        Some((addr, action)) => api::handle(pool, req, &addr, &action).await,
+        None => route(pool, &req),
     }
 }
 
@@ -95,7 +105,9 @@ pub fn status(pool: &Pool) -> serde_json::Value {
             json!({
                 "addr": b.addr.to_string(),
                 "agent": b.agent.to_string(),
-                "weight": b.weight,
+                "weight": b.effective_weight(),
+                "config_weight": b.rotation.weight_override().map(|_| b.weight),
+                "admin_state": b.rotation.reported(stats.in_flight).name(),
                 "healthy": b.is_up(),
                 "cpu": load.as_ref().map(|l| l.report.cpu),
                 "memory": load.as_ref().map(|l| l.report.memory),
@@ -213,6 +225,12 @@ fn metrics(pool: &Pool) -> String {
             "counter",
             "retries refused because the retry budget was spent",
             pool.budget.denied(),
+        ),
+        (
+            "lb_access_log_dropped_total",
+            "counter",
+            "access log lines dropped because the writer was behind",
+            crate::access_log::DROPPED.load(std::sync::atomic::Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, value) in pool_series {

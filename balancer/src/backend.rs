@@ -20,6 +20,7 @@ use crate::latency::{Baselines, Signal};
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
 use crate::recent::{Quantiles, Recent};
+use crate::rotation::Rotation;
 use crate::select::{LoadView, View};
 use crate::slow_start::SlowStart;
 
@@ -30,8 +31,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Where its host's agent answers `GET /load`.
     pub agent: SocketAddr,
-    /// Relative capacity.
+    /// Relative capacity, as `lb.toml` sets it (the admin API may
+    /// override it: see [`Backend::effective_weight`]).
     pub weight: u32,
+    /// The operator's state (in rotation, disabled, draining) and weight
+    /// override, set through the admin API.
+    pub rotation: Rotation,
     /// `addr` as a URI authority, built once so probes need not format it.
     pub authority: http::uri::Authority,
     /// `addr` as a `Host` header, for requests that came without one
@@ -126,6 +131,7 @@ impl Backend {
             addr: cfg.addr,
             agent: cfg.agent,
             weight: cfg.weight,
+            rotation: Rotation::default(),
             authority: cfg
                 .addr
                 .to_string()
@@ -169,6 +175,7 @@ impl Backend {
             outlier: Detector::carried(&old.outlier),
             slow_start: SlowStart::carried(&old.slow_start),
             conns: Arc::clone(&old.conns),
+            rotation: old.rotation.carried(&cfg.addr, old.weight, cfg.weight),
             ..Backend::new(cfg, 1, 1, &old.baselines)
         };
         if cfg.agent == old.agent {
@@ -183,6 +190,12 @@ impl Backend {
     /// Whether new requests may be sent here.
     pub fn is_up(&self) -> bool {
         self.health.load(Relaxed) & UP != 0
+    }
+
+    /// The weight selection uses: the admin API's override, else
+    /// `lb.toml`'s.
+    pub fn effective_weight(&self) -> u32 {
+        self.rotation.weight_override().unwrap_or(self.weight)
     }
 
     /// Applies one active probe result with HAProxy's counter semantics
@@ -265,6 +278,7 @@ impl Backend {
             backend_time: Duration::ZERO,
             last: now,
             complete: false,
+            time_to: None,
         }
     }
 
@@ -320,7 +334,7 @@ impl Backend {
             // Set by the pool, which knows `[balance] slow_start`.
             ramp: 1.0,
             up: self.is_up(),
-            weight: self.weight,
+            weight: self.effective_weight(),
             in_flight: self.in_flight.load(Relaxed),
             busy: self.busy.load(Relaxed),
             slowness: self.signal.slowness(now),
@@ -536,6 +550,10 @@ pub struct InFlight {
     last: Instant,
     /// The response ended normally: the sample is whole and is recorded.
     complete: bool,
+    /// Where the backend time goes when the guard is dropped, in
+    /// nanoseconds: the access log's line for this request (set only while
+    /// the access log is on).
+    time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl InFlight {
@@ -582,6 +600,12 @@ impl InFlight {
         }
     }
 
+    /// Hands the backend time, in nanoseconds, to `cell` when the guard is
+    /// dropped (the access log's `bt`).
+    pub fn report_time_to(&mut self, cell: Arc<std::sync::atomic::AtomicU64>) {
+        self.time_to = Some(cell);
+    }
+
     /// The response ended normally: its backend time is a whole sample.
     pub fn finish(&mut self) {
         self.backend_delivered();
@@ -597,6 +621,10 @@ impl Drop for InFlight {
             let second = b.clock(self.last) / 1_000_000_000;
             b.recent
                 .record(second, self.last.saturating_duration_since(self.start));
+        }
+        if let Some(cell) = &self.time_to {
+            let nanos = u64::try_from(self.backend_time.as_nanos()).unwrap_or(u64::MAX);
+            cell.store(nanos, Relaxed);
         }
         if self.waiting_since.is_some() {
             b.busy.fetch_sub(1, Relaxed);

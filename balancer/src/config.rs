@@ -19,13 +19,17 @@ use toml::Spanned;
 use crate::compress;
 
 mod limits;
+mod log;
 mod raw;
 mod resilience;
 mod secrets;
+mod tls;
 pub use limits::RatePerIp;
+pub use log::{Access, Format, Log};
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
 pub use secrets::AdminToken;
+pub use tls::Tls;
 
 /// The whole validated configuration. Cheap to clone: reloads build a new
 /// one and swap it in whole.
@@ -51,6 +55,10 @@ pub struct Config {
     pub outlier: Outlier,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[tls]`: the TLS listener and its certificates (`None`: no TLS).
+    pub tls: Option<Tls>,
+    /// `[log]`: the access log.
+    pub log: Log,
 }
 
 /// One backend as configured.
@@ -275,7 +283,8 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| invalid(e.span(), e.message().trim_end().to_owned()))?;
-        validate(raw).map_err(|e| invalid(Some(e.span), e.message))
+        let base = path.parent().unwrap_or(Path::new(""));
+        validate(raw, base).map_err(|e| invalid(Some(e.span), e.message))
     }
 
     /// A short human summary, printed by `balancer --check`.
@@ -285,8 +294,9 @@ impl Config {
         let _ = writeln!(s, "listen {}, admin {}", self.listen, self.admin.listen);
         let _ = writeln!(
             s,
-            "strategy {}, {} backend(s):",
+            "strategy {}, retries {}, {} backend(s):",
             self.balance.strategy.name(),
+            self.balance.retries,
             self.backends.len()
         );
         for b in &self.backends {
@@ -302,19 +312,49 @@ impl Config {
             h.fall,
             h.rise
         );
+        let a = &self.agent;
+        let _ = writeln!(
+            s,
+            "agent polls every {}, timeout {} (default agent port {})",
+            humantime::format_duration(a.interval),
+            humantime::format_duration(a.timeout),
+            a.port
+        );
+        let t = &self.timeouts;
+        let _ = writeln!(
+            s,
+            "timeouts: connect {}, request {}, idle {}, header {}, drain {}",
+            humantime::format_duration(t.connect),
+            humantime::format_duration(t.request),
+            humantime::format_duration(t.idle),
+            humantime::format_duration(t.header),
+            humantime::format_duration(t.drain)
+        );
         let _ = writeln!(s, "{}", self.resilience_summary());
         let _ = writeln!(s, "{}", self.secrets_summary());
         let _ = writeln!(s, "{}", self.limits_summary());
+        let _ = writeln!(s, "{}", self.tls_summary());
+        let _ = writeln!(s, "{}", self.log_summary());
+        let _ = write!(s, "{}", self.compression_summary());
+        s
+    }
+
+    /// The `--check` line for `[compression]`: "off" when no encoding is
+    /// left (`gzip = false` and no other), else every setting.
+    fn compression_summary(&self) -> String {
         let c = &self.compression;
+        if c.encodings.is_empty() {
+            return "compression off".into();
+        }
         let encodings: Vec<String> = c.encodings.iter().map(ToString::to_string).collect();
-        let _ = write!(
-            s,
-            "compression [{}] level {}, min_size {}",
+        let types: Vec<String> = c.types.iter().map(ToString::to_string).collect();
+        format!(
+            "compression {} level {}, min_size {}, types {}",
             encodings.join(", "),
             c.level,
-            c.min_size
-        );
-        s
+            c.min_size,
+            types.join(", ")
+        )
     }
 }
 
@@ -358,7 +398,9 @@ pub const DEFAULT_TYPES: &[&str] = &[
     "image/svg+xml",
 ];
 
-fn validate(raw: RawConfig) -> Check<Config> {
+/// `base`: the config file's directory, against which relative
+/// certificate paths are resolved.
+fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
     let listen = addr("listen", &raw.listen)?;
 
     let agent = AgentPoll {
@@ -474,6 +516,28 @@ fn validate(raw: RawConfig) -> Check<Config> {
     };
 
     let limits = limits::limits(&raw.limits)?;
+    let log = log::log(&raw.log)?;
+
+    // Where a clash of listen addresses points: `[tls] listen`, or the
+    // table when it takes the default.
+    let tls_span = raw.tls.as_ref().map(|t| {
+        t.get_ref()
+            .listen
+            .as_ref()
+            .map_or_else(|| t.span(), Spanned::span)
+    });
+    let tls = tls::tls(raw.tls, base)?;
+    if let (Some(t), Some(span)) = (&tls, tls_span) {
+        if t.listen == listen || t.listen == admin.listen {
+            return err(
+                span,
+                format!(
+                    "[tls] listen: {} is already the plain or the admin listen address",
+                    t.listen
+                ),
+            );
+        }
+    }
 
     Ok(Config {
         listen,
@@ -486,6 +550,8 @@ fn validate(raw: RawConfig) -> Check<Config> {
         admin,
         outlier,
         limits,
+        tls,
+        log,
     })
 }
 

@@ -100,7 +100,8 @@ pub struct Candidate {
     pub weight: u32,
     /// Not measured yet (`least-loaded` tries it first).
     pub untried: bool,
-    /// `up`, `down`, `ejected`, `ejected (panic: allowed)` or `tried`.
+    /// `up`, `down`, `ejected`, `ejected (panic: allowed)`, `tried`, or
+    /// the operator's `disabled`, `draining`, `drained`.
     pub state: &'static str,
     /// Whether it could have been chosen.
     pub eligible: bool,
@@ -134,8 +135,9 @@ pub struct Seen<'a> {
     pub how: &'a Pick<'a>,
     /// The pool's backends.
     pub backends: &'a [Arc<Backend>],
-    /// Each backend's view and whether it was ejected.
-    pub states: &'a [(View, bool)],
+    /// Each backend's view, whether it was ejected, and whether it is in
+    /// rotation (an operator's drain or disable takes it out).
+    pub states: &'a [(View, bool, bool)],
     /// Whether a retry already tried it.
     pub tried: &'a dyn Fn(usize) -> bool,
     /// Panic mode.
@@ -236,10 +238,11 @@ fn lowest_reason(strategy: Strategy, candidates: &[Candidate]) -> String {
 }
 
 fn candidate(seen: &Seen<'_>, i: usize, m: Medians) -> Candidate {
-    let (v, ejected) = seen.states[i];
+    let (v, ejected, rotating) = seen.states[i];
     let addr = seen.backends[i].addr;
     let params = &seen.how.params;
     let state = match () {
+        () if !rotating => seen.backends[i].rotation.reported(v.in_flight).name(),
         () if !v.up => "down",
         () if (seen.tried)(i) => "tried",
         () if ejected && seen.panic => "ejected (panic: allowed)",

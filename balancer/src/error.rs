@@ -22,7 +22,7 @@ use crate::proxy::ProxyBody;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Every backend is down (or all were tried).
-    #[error("no healthy backend is available")]
+    #[error("no healthy backend is available (each is down, ejected or out of rotation)")]
     NoBackend,
     /// The backend could not be reached and no other could be tried.
     #[error("could not connect to backend {addr}: {why}")]

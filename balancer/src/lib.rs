@@ -3,13 +3,17 @@
 //! Module map, following one request:
 //!
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
+//! - [`listener`]: the plain and TLS listeners, accepting apart from
+//!   serving; [`tls`]: certificates (SNI), the rustls configuration, the
+//!   swap on reload.
 //! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
 //!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
 //!   hibernate as bare sockets between requests; [`workers`]: the same on
 //!   N threads, one single-threaded runtime each.
 //! - [`host`]: which host a request is for (one `Host`, the authority
 //!   first).
-//! - [`proxy`]: one request: pick, rewrite, forward, retry, respond;
+//! - [`proxy`]: one request: pick, rewrite, forward, retry, respond
+//!   ([`redirect`]: plain HTTP sent to `https://` instead);
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
@@ -20,6 +24,8 @@
 //! - [`outcome`]: what one attempt came to, classified once and reported
 //!   once; it feeds passive health and [`outlier`] ejection (failure
 //!   streaks, the pool share that may be out, panic mode).
+//! - [`rotation`]: an operator's hold on a backend (disabled, draining,
+//!   a weight override), set through the admin API.
 //! - [`slow_start`]: the ramp of a backend that came up or was added;
 //!   [`budget`]: the retry budget.
 //! - [`health`]: active probes; [`agent_poll`]: load reports from agents;
@@ -31,9 +37,11 @@
 //! - [`error`]: proxy errors and their status codes.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener;
 //!   [`recent`]: each backend's p50/p99 over the last second, for the page.
+//! - [`access_log`]: one line per request, written off the request path.
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod agent_poll;
 pub mod backend;
@@ -48,16 +56,20 @@ pub mod health;
 pub mod host;
 pub mod latency;
 pub mod limits;
+pub mod listener;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
 pub mod recent;
+pub mod redirect;
 pub mod request_body;
+pub mod rotation;
 pub mod select;
 pub mod server;
 pub mod slow_start;
+pub mod tls;
 pub mod workers;
 
 use std::future::Future;
@@ -66,29 +78,43 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError};
+pub use listener::Listeners;
 
 /// A running balancer: its backend pool and monitors. Cheap to clone; the
 /// monitors stop once the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Balancer {
     pool: Arc<pool::Pool>,
+    /// With `[tls]`: the certificates and rustls configuration of the TLS
+    /// listener, kept across reloads (which swap the certificates).
+    tls: Option<Arc<tls::Terminator>>,
 }
 
 impl Balancer {
     /// Starts health probes and agent polls for `config`'s backends.
     /// Must be called inside a tokio runtime.
     pub fn start(config: Config) -> Balancer {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(tls::Terminator::new(Arc::clone(&t.certs))));
         Balancer {
             pool: pool::Pool::start(config),
+            tls,
         }
     }
 
     /// Applies a new configuration: backends present in both keep their
-    /// health, load and counters; new ones start up; removed ones stop
+    /// health, load and counters, and the state an operator set through
+    /// the admin API (disabled, draining; a weight override too, unless
+    /// the new file changes that backend's weight: then the file wins and
+    /// the log says so); new ones start up; removed ones stop
     /// receiving requests (those in flight finish). The listen addresses
     /// are bound once and a change to them needs a restart: the running
     /// configuration keeps the addresses actually listened on, so
     /// `/status.json` goes on reporting those.
+    /// The TLS certificates are those of `config` (re-read when it was
+    /// loaded) for new handshakes; established connections keep theirs.
     pub fn reload(&self, mut config: Config) {
         let old = self.pool.snapshot();
         if old.config.listen != config.listen || old.config.admin.listen != config.admin.listen {
@@ -96,6 +122,8 @@ impl Balancer {
             config.listen = old.config.listen;
             config.admin.listen = old.config.admin.listen;
         }
+        self.reload_tls(old.config.tls.as_ref(), config.tls.as_ref());
+        self.pool.access_log.reopen(&config.log);
         self.pool.reload(config);
         let snap = self.pool.snapshot();
         tracing::info!(
@@ -105,22 +133,51 @@ impl Balancer {
         );
     }
 
+    /// New certificates for new handshakes; what the running listeners
+    /// cannot follow (a TLS listener added, removed or moved) is logged.
+    fn reload_tls(&self, old: Option<&config::Tls>, new: Option<&config::Tls>) {
+        match (&self.tls, new) {
+            (Some(terminator), Some(new)) => {
+                if old.map(|o| o.listen) != Some(new.listen) {
+                    tracing::warn!("[tls] listen cannot change on reload; restart to apply it");
+                }
+                if terminator.set_certs(Arc::clone(&new.certs)) {
+                    tracing::info!(
+                        "TLS certificates reloaded: {} (and {} for SNI)",
+                        new.certs.default.cert.display(),
+                        new.certs.sni.len()
+                    );
+                } else {
+                    tracing::info!("TLS certificates unchanged");
+                }
+            }
+            (Some(_), None) => tracing::warn!(
+                "[tls] removed: the TLS listener keeps its certificates until a restart"
+            ),
+            (None, Some(_)) => tracing::warn!("[tls] added: restart to open the TLS listener"),
+            (None, None) => {}
+        }
+    }
+
     /// The pool, for the admin view and tests.
     pub fn pool(&self) -> &Arc<pool::Pool> {
         &self.pool
     }
 
-    /// Serves clients on `listener` and the admin endpoints on `admin`
+    /// Serves clients on `listeners` (a plain `TcpListener`, or the plain
+    /// and the TLS one) and the admin endpoints on `admin`
     /// until `shutdown` resolves; then stops accepting, lets in-flight
     /// requests finish (up to `timeouts.drain`) and returns. Everything
     /// runs on the calling runtime.
     pub async fn serve(
         &self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
-        let serving = server::serve(listener, Arc::clone(&self.pool), shutdown);
+        let listeners = listeners.into().check(self.tls.as_ref());
+        let tls = self.tls.clone();
+        let serving = server::serve(listeners, Arc::clone(&self.pool), tls, shutdown);
         self.serve_admin_until(admin, serving).await;
     }
 
@@ -135,15 +192,17 @@ impl Balancer {
     pub async fn serve_workers(
         &self,
         workers: usize,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         if workers <= 1 {
-            self.serve(listener, admin, shutdown).await;
+            self.serve(listeners, admin, shutdown).await;
             return Ok(());
         }
-        let serving = workers::serve(workers, listener, Arc::clone(&self.pool), shutdown);
+        let listeners = listeners.into().check(self.tls.as_ref());
+        let tls = self.tls.clone();
+        let serving = workers::serve(workers, listeners, Arc::clone(&self.pool), tls, shutdown);
         let mut result = Ok(());
         self.serve_admin_until(admin, async { result = serving.await })
             .await;

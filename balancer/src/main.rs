@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use balancer::{Balancer, Config};
+use balancer::{Balancer, Config, Listeners};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -84,6 +84,13 @@ async fn serve(path: PathBuf, config: Config, workers: usize) -> ExitCode {
     let Ok(admin) = bind(config.admin.listen).await else {
         return ExitCode::FAILURE;
     };
+    let tls = match &config.tls {
+        Some(t) => match bind(t.listen).await {
+            Ok(l) => Some(l),
+            Err(()) => return ExitCode::FAILURE,
+        },
+        None => None,
+    };
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -100,24 +107,35 @@ async fn serve(path: PathBuf, config: Config, workers: usize) -> ExitCode {
         config.backends.len(),
         config.balance.strategy.name()
     );
+    if let Some(t) = &config.tls {
+        tracing::info!("TLS on {} (HTTP/2 and HTTP/1.1)", t.listen);
+    }
     let balancer = Balancer::start(config);
+    let listeners = Listeners {
+        plain: listener,
+        tls,
+    };
     let shutdown = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     };
-    let serving = balancer.serve_workers(workers, listener, admin, shutdown);
+    let serving = balancer.serve_workers(workers, listeners, admin, shutdown);
     tokio::pin!(serving);
     loop {
         tokio::select! {
-            served = &mut serving => return match served {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("balancer: cannot start the workers: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            served = &mut serving => {
+                // The last requests' access log lines are written before exit.
+                balancer.pool().access_log.close();
+                return match served {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("balancer: cannot start the workers: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             _ = hup.recv() => match Config::load(&path) {
                 Ok(config) => balancer.reload(config),
                 Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),

@@ -9,7 +9,8 @@
 //! snapshot or the pool is gone.
 //!
 //! The pool also owns what is decided pool-wide: which backends a request
-//! may go to (up, not yet tried, not ejected unless in panic mode), the
+//! may go to (in rotation, up, not yet tried, not ejected unless in panic
+//! mode), the
 //! outlier ejections that must respect `max_ejected_percent` ([`Pool::report`]),
 //! and the retry budget.
 
@@ -23,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::access_log::AccessLog;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
@@ -74,6 +76,12 @@ pub struct Pool {
     pub limiter: Arc<Limiter>,
     /// The last choices made, sampled, for `GET /decisions`.
     pub decisions: Decisions,
+    /// Taken by whatever replaces the snapshot (a reload, an admin weight
+    /// change), so that two replacements never overwrite each other's
+    /// work. Never taken by a request.
+    replacing: Mutex<()>,
+    /// The access log (`[log]`), reopened on SIGHUP.
+    pub access_log: AccessLog,
 }
 
 impl Pool {
@@ -91,6 +99,7 @@ impl Pool {
             })
             .collect();
         let limiter = Arc::new(Limiter::new(&config.limits));
+        let access_log = AccessLog::start(&config.log);
         let pool = Arc::new(Pool {
             current: ArcSwap::from_pointee(Snapshot {
                 schedule: schedule(&backends),
@@ -107,6 +116,8 @@ impl Pool {
             ejecting: Mutex::new(()),
             limiter,
             decisions: Decisions::default(),
+            replacing: Mutex::new(()),
+            access_log,
         });
         for (i, b) in backends.iter().enumerate() {
             start_monitors(&pool, b, i, backends.len());
@@ -131,6 +142,10 @@ impl Pool {
     /// Swaps in a new configuration, carrying over the state of backends
     /// present in both.
     pub fn reload(self: &Arc<Self>, config: Config) {
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
         let config = Arc::new(config);
         self.limiter.configure(&config.limits);
@@ -168,14 +183,36 @@ impl Pool {
         }
     }
 
+    /// The backend at `addr` in the current snapshot.
+    pub fn find(&self, addr: std::net::SocketAddr) -> Option<Arc<Backend>> {
+        let snap = self.current.load();
+        snap.backends.iter().find(|b| b.addr == addr).cloned()
+    }
+
+    /// Rebuilds the round-robin schedule from the backends' effective
+    /// weights, after the admin API changed one.
+    pub fn reschedule(&self) {
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.snapshot();
+        self.current.store(Arc::new(Snapshot {
+            schedule: schedule(&old.backends),
+            backends: old.backends.clone(),
+            config: Arc::clone(&old.config),
+        }));
+    }
+
     /// The latency class of a request ([`Baselines::class_of`]).
     pub fn class_of(&self, method: &http::Method, path_and_query: &str) -> u8 {
         self.baselines.class_of(method, path_and_query)
     }
 
-    /// Chooses a backend of `snap` by its strategy, among those up, not
-    /// ejected (unless the pool is in panic mode) and not yet `tried` by
-    /// this request. Backends in slow start are offered with their ramp.
+    /// Chooses a backend of `snap` by its strategy, among those in rotation
+    /// (not disabled or draining by an operator, even in panic mode), up,
+    /// not ejected (unless the pool is in panic mode) and not yet `tried`
+    /// by this request. Backends in slow start are offered with their ramp.
     pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
         self.choose_for(snap, tried, rng, None)
     }
@@ -211,12 +248,12 @@ impl Pool {
                 ramp: b.ramp(now, slow_start).unwrap_or(1.0),
                 ..b.view(now)
             };
-            (view, b.is_ejected(now))
+            (view, b.is_ejected(now), b.rotation.in_rotation())
         };
         let n = snap.backends.len();
-        let mut stack = [(View::UNKNOWN, false); 16];
-        let heap: Vec<(View, bool)>;
-        let states: &[(View, bool)] = if n <= stack.len() {
+        let mut stack = [(View::UNKNOWN, false, false); 16];
+        let heap: Vec<(View, bool, bool)>;
+        let states: &[(View, bool, bool)] = if n <= stack.len() {
             for (slot, b) in stack.iter_mut().zip(&snap.backends) {
                 *slot = read(b);
             }
@@ -227,10 +264,11 @@ impl Pool {
         };
         let out = states
             .iter()
-            .filter(|(v, ejected)| !v.up || *ejected)
+            .filter(|(v, ejected, rotating)| *rotating && (!v.up || *ejected))
             .count();
-        let panic = self.note_panic(snap, out);
-        let allowed = |i: usize| !tried.contains(i) && (panic || !states[i].1);
+        let rotating = states.iter().filter(|s| s.2).count();
+        let panic = self.note_panic(snap, out, rotating);
+        let allowed = |i: usize| states[i].2 && !tried.contains(i) && (panic || !states[i].1);
         let choice = select::pick(&how, n, |i| states[i].0, allowed, rng);
         if let Some(asked) = asked.filter(|_| self.decisions.sample(now)) {
             let seen = Seen {
@@ -249,24 +287,28 @@ impl Pool {
         Some(choice.index)
     }
 
+    /// Whether the pool was in panic mode at the last choice (no new look:
+    /// the access log's `why`).
+    pub fn panicking(&self) -> bool {
+        self.panic.load(Relaxed)
+    }
+
     /// Whether `snap`'s pool is in panic mode now: more than
     /// `max_ejected_percent` of it down or ejected. Then ejected backends
     /// take traffic again (down ones do not) and nothing more is ejected.
+    /// Backends an operator took out of rotation are no part of this
+    /// arithmetic (neither out nor in): maintenance is not a failure, and
+    /// they are never used in panic mode either.
     pub fn in_panic(&self, snap: &Snapshot) -> bool {
         let now = tokio::time::Instant::now();
-        let out = snap
-            .backends
-            .iter()
-            .filter(|b| !b.is_up() || b.is_ejected(now))
-            .count();
-        self.note_panic(snap, out)
+        let (out, n) = out_of(snap, now);
+        self.note_panic(snap, out, n)
     }
 
-    /// Panic mode for `out` backends down or ejected; logs entering and
-    /// leaving it, once each.
-    fn note_panic(&self, snap: &Snapshot, out: usize) -> bool {
+    /// Panic mode for `out` of `n` backends in rotation down or ejected;
+    /// logs entering and leaving it, once each.
+    fn note_panic(&self, snap: &Snapshot, out: usize, n: usize) -> bool {
         let o = &snap.config.outlier;
-        let n = snap.backends.len();
         let panic = o.ejects() && outlier::panic(out, n, o.max_ejected_percent);
         if self.panic.load(Relaxed) != panic && self.panic.swap(panic, Relaxed) != panic {
             if panic {
@@ -309,16 +351,12 @@ impl Pool {
     ) {
         let o = &snap.config.outlier;
         let _one_at_a_time = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
-        // A down backend is out already; health probes bring it back.
-        if !backend.is_up() || backend.is_ejected(now) {
+        // A down backend is out already; health probes bring it back. One
+        // an operator took out of rotation is out too.
+        if !backend.is_up() || backend.is_ejected(now) || !backend.rotation.in_rotation() {
             return;
         }
-        let n = snap.backends.len();
-        let out = snap
-            .backends
-            .iter()
-            .filter(|b| !b.is_up() || b.is_ejected(now))
-            .count();
+        let (out, n) = out_of(snap, now);
         if !outlier::may_eject(out + 1, n, o.max_ejected_percent) {
             tracing::debug!(
                 backend = %backend.addr,
@@ -374,8 +412,19 @@ impl Tried {
     }
 }
 
+/// How many of `snap`'s backends in rotation are down or ejected at `now`,
+/// and how many are in rotation.
+fn out_of(snap: &Snapshot, now: tokio::time::Instant) -> (usize, usize) {
+    let rotating = snap.backends.iter().filter(|b| b.rotation.in_rotation());
+    let out = rotating
+        .clone()
+        .filter(|b| !b.is_up() || b.is_ejected(now))
+        .count();
+    (out, rotating.count())
+}
+
 fn schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
-    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    let weights: Vec<u32> = backends.iter().map(|b| b.effective_weight()).collect();
     select::wrr_schedule(&weights)
 }
 
@@ -460,6 +509,31 @@ mod tests {
         // And nothing more is ejected meanwhile.
         fail(&pool, &snap, 2, 10);
         assert!(!snap.backends[2].is_ejected(now()));
+    }
+
+    #[tokio::test]
+    async fn backends_out_of_rotation_stay_out_in_panic_mode_and_do_not_count_towards_it() {
+        use crate::rotation::AdminState;
+        let pool = pool(4, "[balance]\nstrategy = \"random\"\n");
+        let snap = pool.snapshot();
+        snap.backends[0].rotation.set(AdminState::Disabled);
+        snap.backends[1].rotation.set(AdminState::Draining);
+        assert_eq!(reached(&pool, &snap), [false, false, true, true]);
+        // Failures of its last requests do not eject a backend out of
+        // rotation (it is out already, and would take the room of another).
+        fail(&pool, &snap, 0, 20);
+        assert!(!snap.backends[0].is_ejected(tokio::time::Instant::now()));
+        // One of the two in rotation ejected: 50 %, within the limit, no
+        // panic (the two in maintenance are not failures).
+        fail(&pool, &snap, 2, 5);
+        assert!(snap.backends[2].is_ejected(tokio::time::Instant::now()));
+        assert!(!pool.in_panic(&snap));
+        assert_eq!(reached(&pool, &snap), [false, false, false, true]);
+        // The other down: panic. The ejected one takes traffic again; the
+        // operator's two stay out.
+        snap.backends[3].mark_down();
+        assert!(pool.in_panic(&snap));
+        assert_eq!(reached(&pool, &snap), [false, false, true, false]);
     }
 
     #[tokio::test]

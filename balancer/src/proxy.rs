@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access_log::{Logged, Record};
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
@@ -27,9 +28,11 @@ use crate::host;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
 use crate::limits::{self, tunnel};
+use crate::listener::ConnInfo;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
+use crate::tls::TlsInfo;
 
 /// The client at the other end of a connection, with what every request
 /// on it sends upstream about it, formatted once per connection.
@@ -39,16 +42,27 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as an `X-Forwarded-For` value.
     forwarded_for: HeaderValue,
+    /// The connection's TLS facts; `None` on the plain listener.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 impl Peer {
-    /// The client at `addr`.
+    /// The client at `addr`, on the plain listener.
     pub fn new(addr: SocketAddr) -> Peer {
-        let ip = addr.ip().to_canonical().to_string();
+        Peer::of(ConnInfo {
+            peer: addr,
+            tls: None,
+        })
+    }
+
+    /// The client of the connection `info` describes.
+    pub fn of(info: ConnInfo) -> Peer {
+        let ip = info.peer.ip().to_canonical().to_string();
         Peer {
-            addr,
+            addr: info.peer,
             forwarded_for: HeaderValue::from_str(&ip)
                 .expect("an IP address is a valid header value"),
+            tls: info.tls,
         }
     }
 }
@@ -59,16 +73,28 @@ pub async fn serve(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(forward(&pool, req, &peer).await.unwrap_or_else(|e| {
-        e.log(peer.addr);
-        e.into_response()
-    }))
+    let mut log = pool.access_log.begin(&req, peer.addr);
+    let (resp, from_backend) = match forward(&pool, req, &peer, &mut log).await {
+        Ok(resp) => (resp, true),
+        Err(e) => {
+            e.log(peer.addr);
+            (e.into_response(), false)
+        }
+    };
+    Ok(match log {
+        None => resp,
+        Some(mut record) => {
+            record.respond(resp.status(), from_backend);
+            resp.map(|body| ProxyBody::Logged(Box::new(Logged::new(body, record))))
+        }
+    })
 }
 
 async fn forward(
     pool: &Pool,
     mut req: Request<Incoming>,
     peer: &Peer,
+    log: &mut Option<Box<Record>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Refused(
@@ -85,6 +111,9 @@ async fn forward(
                 disconnect,
             });
         }
+    }
+    if let Some(redirect) = crate::redirect::to_https(config, peer, &req) {
+        return Ok(redirect);
     }
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| ClientUpgrade {
@@ -138,6 +167,9 @@ async fn forward(
             attempt,
         };
         let Some(i) = pool.choose_for(&snap, &tried, &mut rng, Some(asked)) else {
+            if let Some(record) = log {
+                record.none_left();
+            }
             break;
         };
         if attempt > 1 && !pool.budget.try_retry(config.balance.retry_budget) {
@@ -146,7 +178,12 @@ async fn forward(
         }
         tried.add(i);
         let backend = &snap.backends[i];
-        let guard = backend.start_request(class);
+        let mut guard = backend.start_request(class);
+        if let Some(record) = log {
+            let strategy = config.balance.strategy.name();
+            let panic = pool.panicking();
+            guard.report_time_to(record.attempt(backend.addr, attempt, strategy, panic));
+        }
 
         let slot = pending
             .take()
@@ -416,7 +453,7 @@ fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if peer.tls.is_some() { "https" } else { "http" }),
     );
     if let Some(host) = host {
         if !headers.contains_key(header::HOST) {
@@ -482,6 +519,9 @@ pub enum ProxyBody {
     Upstream(Guarded<ResponseBody>),
     /// The backend's body, compressed on the fly.
     Compressed(Compressed<Guarded<ResponseBody>>),
+    /// Any of these, with the request's access log line written when it
+    /// is done (only while the access log is on).
+    Logged(Box<Logged<ProxyBody>>),
 }
 
 impl Body for ProxyBody {
@@ -496,6 +536,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Compressed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Logged(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -504,6 +545,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Compressed(b) => b.is_end_stream(),
+            ProxyBody::Logged(b) => b.is_end_stream(),
         }
     }
 
@@ -514,6 +556,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Compressed(b) => b.size_hint(),
+            ProxyBody::Logged(b) => b.size_hint(),
         }
     }
 }

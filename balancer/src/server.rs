@@ -10,11 +10,17 @@
 //! hyper connection with its buffers. HTTP/2 connections are served by
 //! hyper's `http2` builder for their whole life. hyper's own answers to
 //! HTTP/1 heads it cannot parse get a one-line reason (`parse_errors`).
+//!
+//! TLS connections (`tls`) run their handshake first, then are served as
+//! HTTP/2 or HTTP/1.1 as ALPN chose, on hyper for their whole life.
 
 mod backoff;
 mod h1;
 mod io;
 mod parse_errors;
+mod tls;
+
+pub(crate) use self::tls::spawn_connection as spawn_tls_connection;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,16 +35,18 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::ReadBuf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::deadline;
 use crate::limits::send::SendWatch;
-use crate::limits::{CloseConnection, ConnSlot, Limiter};
+use crate::limits::{CloseConnection, ConnSlot};
+use crate::listener::{self, ConnInfo, Listeners};
 use crate::pool::Pool;
 use crate::proxy;
+use crate::tls::{Terminator, TlsInfo};
 
 use self::io::ClientIo;
 
@@ -48,12 +56,14 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The client preface that opens an HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves proxied traffic on `listener` until `shutdown` resolves, then
+/// Serves proxied traffic on `listeners` until `shutdown` resolves, then
 /// stops accepting, closes idle connections and gives in-flight requests
-/// `timeouts.drain` to finish.
+/// `timeouts.drain` to finish. `terminator` runs the TLS listener's
+/// handshakes.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     pool: Arc<Pool>,
+    terminator: Option<Arc<Terminator>>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Every connection task holds a receiver: the send tells them to stop,
@@ -62,31 +72,14 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            (stream, peer, slot) = accept_client(&listener, &pool.limiter) => {
-                spawn_connection(stream, peer, slot, &pool, &stop);
+            (stream, peer, kind, slot) = listeners.accept(&pool.limiter) => {
+                listener::spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop);
             }
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     drain(&pool, stop).await;
-}
-
-/// The next client connection on `listener`, counted against `[limits]`
-/// ([`Limiter`]): at `max_connections` it holds the connection it has just
-/// accepted until one closes, and accepts no other meanwhile (see
-/// [`Limiter::reserve`]); a client over `max_connections_per_ip` is closed
-/// at once and the next connection taken.
-pub(crate) async fn accept_client(
-    listener: &TcpListener,
-    limiter: &Arc<Limiter>,
-) -> (TcpStream, SocketAddr, ConnSlot) {
-    loop {
-        let (stream, peer) = accept(listener).await;
-        if let Some(slot) = limiter.reserve().await.admit(peer) {
-            return (stream, peer, slot);
-        }
-    }
 }
 
 /// The next connection on `listener`. Out of file descriptors and the
@@ -117,6 +110,7 @@ pub(crate) fn spawn_connection(
     let timeouts = pool.snapshot().config.timeouts;
     let conn = Conn {
         peer,
+        tls: None,
         pool: Arc::clone(pool),
         idle: timeouts.idle,
         header: timeouts.header,
@@ -140,6 +134,8 @@ pub(crate) async fn drain(pool: &Pool, stop: watch::Sender<()>) {
 /// What a connection task needs besides its socket; moved into the task.
 struct Conn {
     peer: SocketAddr,
+    /// TLS connections: set once the handshake is done.
+    tls: Option<Arc<TlsInfo>>,
     pool: Arc<Pool>,
     /// No request in progress and no byte moving for this long: closed.
     idle: Duration,
@@ -236,6 +232,16 @@ async fn detect(stream: &TcpStream, mut deadline: Pin<&mut Sleep>) -> Option<Pro
     }
 }
 
+impl Conn {
+    /// What the connection's requests are told about it.
+    fn info(&self) -> ConnInfo {
+        ConnInfo {
+            peer: self.peer,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
 /// Concurrent streams one HTTP/2 client connection may have open (hyper's
 /// default is 200). Each stream can hold a backend connection while its
 /// response waits on the client, so this bounds what one client
@@ -244,12 +250,13 @@ async fn detect(stream: &TcpStream, mut deadline: Pin<&mut Sleep>) -> Option<Pro
 /// RFC 9113 §6.5.2 recommendation's floor use.
 pub const MAX_H2_STREAMS: u32 = 100;
 
-/// Serves an HTTP/2 connection on hyper until it ends, is idle for
+/// Serves an HTTP/2 connection (plain, or TLS after its handshake) on
+/// hyper until it ends, is idle for
 /// `conn.idle`, stalls on a client that does not read for `conn.send`, is
 /// told to close by a response ([`CloseConnection`]), or shutdown drains
 /// it.
-async fn http2(
-    stream: TcpStream,
+async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     conn: Conn,
     mut timer: Pin<&mut Sleep>,
     mut stopped: Pin<&mut impl Stopped>,
@@ -313,7 +320,7 @@ fn service(
     let (pool, activity) = (Arc::clone(&conn.pool), Arc::clone(activity));
     // Formatted once per burst of requests, not per request, and not kept
     // while the connection hibernates.
-    let client = Arc::new(proxy::Peer::new(conn.peer));
+    let client = Arc::new(proxy::Peer::of(conn.info()));
     service_fn(move |req| {
         let busy = Busy::new(&activity);
         let pool = Arc::clone(&pool);
@@ -517,7 +524,7 @@ mod tests {
     /// A hibernating HTTP/1 connection is its task and tokio's registration
     /// of its socket, so the task's future must stay small: a hyper
     /// connection or a second timer inline would add hundreds of bytes to
-    /// every idle connection (release builds: 624 bytes, a 768-byte task).
+    /// every idle connection (release builds: 632 bytes, a 768-byte task).
     #[tokio::test]
     async fn a_connection_task_is_a_few_hundred_bytes() {
         let config = crate::Config::parse(
@@ -534,6 +541,7 @@ mod tests {
         let pool = Pool::start(config);
         let conn = Conn {
             peer,
+            tls: None,
             _slot: pool.limiter.reserve().await,
             pool,
             idle: Duration::from_secs(1),

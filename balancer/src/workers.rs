@@ -16,27 +16,30 @@
 //! let a second balancer started by mistake on the same port silently share
 //! its traffic instead of failing with "address in use". Handing over a
 //! connection costs one channel message, once per connection, not per
-//! request.
+//! request. TLS connections are handed over before their handshake, so
+//! handshakes spread over the workers too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::ConnSlot;
+use crate::listener::{self, Kind, Listeners};
 use crate::pool::Pool;
 use crate::server;
+use crate::tls::Terminator;
+
+/// An accepted connection on its way to a worker, counted against the
+/// limits all along.
+type Handoff = (std::net::TcpStream, SocketAddr, Kind, ConnSlot);
 
 /// Accepted connections a worker may have waiting before the acceptor
 /// waits for it (and the kernel's backlog holds the rest).
 const HANDOFF_QUEUE: usize = 1024;
 
-/// An accepted connection on its way to a worker, counted against the
-/// limits all along.
-type Handoff = (std::net::TcpStream, SocketAddr, ConnSlot);
-
-/// Serves `listener` with `workers` worker threads until `shutdown`
+/// Serves `listeners` with `workers` worker threads until `shutdown`
 /// resolves; then stops accepting and returns once every worker has
 /// drained its connections (up to `timeouts.drain`).
 ///
@@ -45,16 +48,18 @@ type Handoff = (std::net::TcpStream, SocketAddr, ConnSlot);
 /// When a worker thread cannot be started.
 pub(crate) async fn serve(
     workers: usize,
-    listener: TcpListener,
+    listeners: Listeners,
     pool: Arc<Pool>,
+    terminator: Option<Arc<Terminator>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut queues = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
     for i in 0..workers {
-        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        let (tx, rx) = mpsc::channel::<Handoff>(HANDOFF_QUEUE);
         let (done, on_done) = tokio::sync::oneshot::channel::<()>();
         let pool = Arc::clone(&pool);
+        let terminator = terminator.clone();
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -62,7 +67,7 @@ pub(crate) async fn serve(
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(work(rx, pool)),
+                    Ok(runtime) => runtime.block_on(work(rx, pool, terminator)),
                     Err(e) => tracing::error!("worker {i} cannot start its runtime: {e}"),
                 }
                 drop(done);
@@ -75,7 +80,7 @@ pub(crate) async fn serve(
     let mut next = 0;
     loop {
         tokio::select! {
-            (stream, peer, slot) = server::accept_client(&listener, &pool.limiter) => {
+            (stream, peer, kind, slot) = listeners.accept(&pool.limiter) => {
                 let stream = match stream.into_std() {
                     Ok(s) => s,
                     Err(e) => {
@@ -84,7 +89,7 @@ pub(crate) async fn serve(
                     }
                 };
                 // The next worker in turn that is still running.
-                let mut conn = (stream, peer, slot);
+                let mut conn = (stream, peer, kind, slot);
                 for _ in 0..queues.len() {
                     let queue = &queues[next];
                     next = (next + 1) % queues.len();
@@ -97,7 +102,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     // Closing the queues tells the workers to drain.
     drop(queues);
     for worker in finished {
@@ -110,11 +115,17 @@ pub(crate) async fn serve(
 
 /// One worker: serves the connections it is handed until the acceptor
 /// closes its queue, then drains them.
-async fn work(mut queue: mpsc::Receiver<Handoff>, pool: Arc<Pool>) {
+async fn work(
+    mut queue: mpsc::Receiver<Handoff>,
+    pool: Arc<Pool>,
+    terminator: Option<Arc<Terminator>>,
+) {
     let (stop, _) = watch::channel(());
-    while let Some((stream, peer, slot)) = queue.recv().await {
+    while let Some((stream, peer, kind, slot)) = queue.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => server::spawn_connection(stream, peer, slot, &pool, &stop),
+            Ok(stream) => {
+                listener::spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop)
+            }
             Err(e) => tracing::debug!(%peer, "cannot take the connection: {e}"),
         }
     }

@@ -24,7 +24,7 @@ fn file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("balancer-admin-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    write_whole(&path, text);
     path
 }
 
@@ -208,4 +208,15 @@ fn check_refuses_an_admin_listener_off_loopback_without_a_token() {
             && stderr.contains("5 bytes"),
         "{stderr}"
     );
+}
+
+/// Writes `text` to `path` by renaming a complete file over it: tests run
+/// in parallel and may write the same file, and a config read between
+/// another test's truncate and write would see it empty.
+fn write_whole(path: &std::path::Path, text: &str) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{n}"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

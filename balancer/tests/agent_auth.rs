@@ -82,7 +82,7 @@ fn key_file(name: &str, key: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("balancer-agent-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, format!("{key}\n")).unwrap();
+    write_whole(&path, &format!("{key}\n"));
     path
 }
 
@@ -344,4 +344,15 @@ async fn a_balancer_without_the_key_gets_no_report_from_an_agent_that_has_one() 
     // Still in rotation on its health alone.
     assert_eq!(tally(&lb.url("/"), 5).await.get("keyed"), Some(&5));
     lb.stop().await;
+}
+
+/// Writes `text` to `path` by renaming a complete file over it: tests run
+/// in parallel and may write the same file, and a config read between
+/// another test's truncate and write would see it empty.
+fn write_whole(path: &std::path::Path, text: &str) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{n}"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

@@ -34,7 +34,7 @@ async fn serve(stream: TcpStream, pool: Arc<Pool>, header: Duration, idle: Durat
     });
     let service = service_fn(move |req| {
         let pool = Arc::clone(&pool);
-        async move { Ok::<_, Infallible>(super::route(&pool, &req)) }
+        async move { Ok::<_, Infallible>(super::respond(&pool, req).await) }
     });
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())

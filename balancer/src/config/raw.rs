@@ -29,6 +29,9 @@ pub(super) struct RawConfig {
     pub(super) outlier: RawOutlier,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub(super) log: RawLog,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -178,4 +181,31 @@ pub(super) struct RawLimits {
     pub(super) rate_per_ip: Option<Spanned<RawNumber>>,
     pub(super) burst_per_ip: Option<Spanned<i64>>,
     pub(super) max_request_body: Option<Spanned<super::limits::RawSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sni: Vec<Spanned<RawSni>>,
+    pub(super) redirect_http: Option<bool>,
+}
+
+/// One extra certificate: `{ names = [...], cert = "...", key = "..." }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    pub(super) names: Spanned<Vec<Spanned<String>>>,
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) access: Option<Spanned<String>>,
+    pub(super) format: Option<Spanned<String>>,
 }

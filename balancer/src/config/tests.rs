@@ -342,3 +342,25 @@ fn max_conns_per_backend_defaults_to_no_cap_and_parses() {
         }
     }
 }
+
+#[test]
+fn the_check_summary_prints_every_effective_setting() {
+    let c = parse(&format!(
+        "{MINIMAL}[agent]\ninterval = \"250ms\"\n[timeouts]\nconnect = \"2s\"\nrequest = \"45s\"\n\
+         [compression]\nlevel = 3\ntypes = [\"text/*\"]\n"
+    ))
+    .unwrap();
+    let s = c.summary();
+    for want in [
+        "retries 2",
+        "agent polls every 250ms, timeout 500ms (default agent port 9100)",
+        "timeouts: connect 2s, request 45s, idle 1m, header 10s, drain 10s",
+        "client_body 30s, send 1m, tunnel 1h",
+        "compression gzip level 3, min_size 1024, types text/*",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
+    // gzip off and nothing else: compression is off, not "[] level 6".
+    let c = parse(&format!("{MINIMAL}[compression]\ngzip = false\n")).unwrap();
+    assert!(c.summary().ends_with("compression off"), "{}", c.summary());
+}

@@ -31,7 +31,7 @@
 //!
 //! | bytes | what |
 //! | ---: | --- |
-//! | 768 | the task: tokio's header and a 624-byte future holding the socket, the peer address, the pool handle, the timeouts, the shutdown receiver and the connection's one timer and one shutdown future |
+//! | 768 | the task: tokio's header and a 632-byte future holding the socket, the peer address, the pool handle, the TLS facts' pointer (`None` here), the timeouts, the shutdown receiver and the connection's one timer and one shutdown future |
 //! | 256 | tokio's I/O registration (`ScheduledIo`) |
 //! | 1,024 | in all, in 2 allocations |
 //!

@@ -17,9 +17,10 @@ use tokio::net::TcpStream;
 use super::h1::{BUSY, HIBERNATE, RESTING};
 use super::Activity;
 
-/// A client socket as one hyper connection sees it.
-pub(super) struct ClientIo {
-    stream: TcpStream,
+/// A client socket (or, for TLS, the decrypted stream over it) as one
+/// hyper connection sees it.
+pub(super) struct ClientIo<S = TcpStream> {
+    stream: S,
     /// Bytes to hand out before reading the socket again: the start of a
     /// request head that the previous hyper connection had read.
     prefix: Bytes,
@@ -32,8 +33,8 @@ pub(super) struct ClientIo {
     rested: bool,
 }
 
-impl ClientIo {
-    pub(super) fn new(stream: TcpStream, prefix: Bytes, activity: Arc<Activity>) -> ClientIo {
+impl<S> ClientIo<S> {
+    pub(super) fn new(stream: S, prefix: Bytes, activity: Arc<Activity>) -> ClientIo<S> {
         ClientIo {
             stream,
             prefix,
@@ -50,7 +51,7 @@ impl ClientIo {
     }
 
     /// The socket and any prefix bytes hyper has not read.
-    pub(super) fn into_parts(self) -> (TcpStream, Bytes) {
+    pub(super) fn into_parts(self) -> (S, Bytes) {
         (self.stream, self.prefix)
     }
 
@@ -65,7 +66,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     /// Reads the prefix, then the socket. At rest, a read that would block
     /// marks the connection resting; once its burst has let it rest a
     /// while, such a read reports end-of-file instead, so that hyper ends
@@ -107,7 +108,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -163,7 +164,7 @@ impl AsyncWrite for ClientIo {
     }
 }
 
-impl ClientIo {
+impl<S> ClientIo<S> {
     /// Bytes were read: the connection is not idle, and a head has begun.
     fn read_some(&mut self) {
         self.activity.moved();

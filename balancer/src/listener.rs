@@ -1,0 +1,117 @@
+//! The client listeners, and accepting on them apart from serving: the
+//! plain `listen` and, with `[tls]`, the TLS one. An accepted connection
+//! is its socket, its peer and the [`Kind`] of listener it came from; the
+//! server (on the accepting runtime or a worker's) then serves it as plain
+//! HTTP or runs its TLS handshake first, and its requests learn what they
+//! came over from the connection's [`ConnInfo`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::limits::{ConnSlot, Limiter};
+use crate::pool::Pool;
+use crate::server;
+use crate::tls::{Terminator, TlsInfo};
+
+/// The client listeners a balancer serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `listen`: plain HTTP/1.1 and HTTP/2 with prior knowledge.
+    pub plain: TcpListener,
+    /// `[tls] listen`, bound when the config has `[tls]`.
+    pub tls: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// The plain listener alone.
+    fn from(plain: TcpListener) -> Listeners {
+        Listeners { plain, tls: None }
+    }
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain HTTP.
+    Plain,
+    /// TLS: the handshake comes first.
+    Tls,
+}
+
+/// What the handler of a connection's requests knows about the connection
+/// besides its socket.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Set on the TLS listener once the handshake is done: the SNI name,
+    /// ALPN's choice and the version (`X-Forwarded-Proto: https`).
+    pub tls: Option<Arc<TlsInfo>>,
+}
+
+impl Listeners {
+    /// The next client connection on any listener, counted against
+    /// `[limits]` ([`Limiter`]), with its kind: at `max_connections` it
+    /// holds the connection it has just accepted until one closes, and
+    /// accepts no other meanwhile (see [`Limiter::reserve`]); a client over
+    /// `max_connections_per_ip` is closed at once and the next connection
+    /// taken.
+    pub(crate) async fn accept(
+        &self,
+        limiter: &Arc<Limiter>,
+    ) -> (TcpStream, SocketAddr, Kind, ConnSlot) {
+        loop {
+            let (stream, peer, kind) = self.accept_any().await;
+            if let Some(slot) = limiter.reserve().await.admit(peer) {
+                return (stream, peer, kind, slot);
+            }
+        }
+    }
+
+    /// The next connection on any listener, with its kind. Out of file
+    /// descriptors and the like, each listener backs off on its own (see
+    /// [`server::accept`]).
+    async fn accept_any(&self) -> (TcpStream, SocketAddr, Kind) {
+        let Some(tls) = &self.tls else {
+            let (stream, peer) = server::accept(&self.plain).await;
+            return (stream, peer, Kind::Plain);
+        };
+        tokio::select! {
+            (stream, peer) = server::accept(&self.plain) => (stream, peer, Kind::Plain),
+            (stream, peer) = server::accept(tls) => (stream, peer, Kind::Tls),
+        }
+    }
+
+    /// Drops a TLS listener that nothing can serve (the config has no
+    /// `[tls]`), saying so.
+    pub(crate) fn check(mut self, terminator: Option<&Arc<Terminator>>) -> Listeners {
+        if terminator.is_none() {
+            if let Some(tls) = self.tls.take() {
+                let addr = tls.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::warn!("no [tls] in the config: not serving the TLS listener {addr}");
+            }
+        }
+        self
+    }
+}
+
+/// Serves a connection accepted on a listener of `kind`, in a task on the
+/// current runtime; `stop` tells it to close (see [`server::drain`]).
+pub(crate) fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    slot: ConnSlot,
+    pool: &Arc<Pool>,
+    terminator: Option<&Arc<Terminator>>,
+    stop: &watch::Sender<()>,
+) {
+    match (kind, terminator) {
+        (Kind::Plain, _) => server::spawn_connection(stream, peer, slot, pool, stop),
+        (Kind::Tls, Some(t)) => server::spawn_tls_connection(stream, peer, slot, pool, t, stop),
+        (Kind::Tls, None) => {}
+    }
+}
