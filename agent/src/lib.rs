@@ -51,6 +51,9 @@ pub struct Options {
     /// without valid credentials get `401` and every report is
     /// authenticated (see [`auth`]); without it, anyone may read reports.
     pub key: Option<Key>,
+    /// The host name reported beside the load (`--hostname`); `None`: the
+    /// machine's own.
+    pub hostname: Option<String>,
 }
 
 /// Samples this machine (cgroup-aware) and serves `GET /load` on `listener`
@@ -96,6 +99,13 @@ pub async fn serve_with(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
+    // Reported beside the load, so operators see host names, not only
+    // addresses; read once (it does not change under a running agent).
+    let hostname: Option<std::sync::Arc<str>> = options
+        .hostname
+        .clone()
+        .or_else(sample::hostname)
+        .map(Into::into);
     if let Ok(addr) = listener.local_addr() {
         let auth = if options.key.is_some() {
             "LB-HMAC, key required"
@@ -120,8 +130,9 @@ pub async fn serve_with(
         };
         let monitor = monitor.clone();
         let key = options.key.clone();
+        let hostname = hostname.clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let response = answer(&request, key.as_ref(), &monitor, peer);
+            let response = answer(&request, key.as_ref(), &monitor, hostname.as_deref(), peer);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -149,6 +160,7 @@ fn answer<B>(
     request: &Request<B>,
     key: Option<&Key>,
     monitor: &Monitor,
+    hostname: Option<&str>,
     peer: std::net::SocketAddr,
 ) -> Response<Full<Bytes>> {
     let sign = match key {
@@ -169,7 +181,7 @@ fn answer<B>(
         }
     };
     let path = request.uri().path();
-    respond(request.method(), path, &monitor.latest(), sign)
+    respond(request.method(), path, &monitor.latest(), hostname, sign)
 }
 
 /// `401`, with the challenge naming the scheme.
@@ -191,6 +203,7 @@ fn respond(
     method: &Method,
     path: &str,
     report: &LoadReport,
+    hostname: Option<&str>,
     sign: Option<(&Key, Nonce)>,
 ) -> Response<Full<Bytes>> {
     if path != "/load" {
@@ -209,7 +222,7 @@ fn respond(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let json = match serde_json::to_vec(report) {
+    let json = match serde_json::to_vec(&report::Wire { report, hostname }) {
         Ok(json) => json,
         Err(e) => {
             return text(
@@ -272,7 +285,7 @@ mod tests {
             (Method::GET, "/load/", 404, None, false),
             (Method::POST, "/other", 404, None, false),
         ] {
-            let response = respond(&method, path, &REPORT, None);
+            let response = respond(&method, path, &REPORT, None, None);
             assert_eq!(response.status(), status, "{method} {path}");
             assert_eq!(
                 response.headers().get(ALLOW).map(|v| v.to_str().ok()),
@@ -302,8 +315,8 @@ mod tests {
     fn head_announces_the_get_length() {
         let key = Key::new(b"a key of 16 bytes or more").unwrap();
         let nonce = Nonce::from_bytes([1; 16]);
-        let get = respond(&Method::GET, "/load", &REPORT, Some((&key, nonce)));
-        let head = respond(&Method::HEAD, "/load", &REPORT, Some((&key, nonce)));
+        let get = respond(&Method::GET, "/load", &REPORT, None, Some((&key, nonce)));
+        let head = respond(&Method::HEAD, "/load", &REPORT, None, Some((&key, nonce)));
         assert_eq!(
             get.headers().get(auth::RESPONSE_HEADER),
             head.headers().get(auth::RESPONSE_HEADER)

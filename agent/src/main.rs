@@ -31,6 +31,10 @@ struct Args {
     /// Make one with: head -c 32 /dev/urandom | base64 > /etc/balancer/agent.key
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
+    /// The host name to report beside the load (shown on the balancer's
+    /// status page); default: this machine's.
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -71,7 +75,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let options = agent::Options { key };
+        let options = agent::Options {
+            key,
+            hostname: args.hostname,
+        };
         match agent::run_with(listener, options, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -79,6 +79,42 @@ impl LoadReport {
     }
 }
 
+/// The longest host name kept (a DNS name is at most 253 bytes).
+pub const MAX_HOSTNAME: usize = 253;
+
+/// The report on the wire: the [`LoadReport`] and the host's name beside
+/// it, so an operator sees which host an address is. Kept apart from
+/// [`LoadReport`], which is `Copy` and is what the balancer ranks by.
+#[derive(Debug, Serialize)]
+pub struct Wire<'a> {
+    /// The load.
+    #[serde(flatten)]
+    pub report: &'a LoadReport,
+    /// The host's name, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<&'a str>,
+}
+
+/// The `hostname` of a report's body, if it has a usable one (a string
+/// of printable characters, cut to [`MAX_HOSTNAME`] bytes); anything else
+/// is ignored, never an error: the field is informative.
+pub fn hostname(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        hostname: Option<String>,
+    }
+    let name = serde_json::from_slice::<Named>(body).ok()?.hostname?;
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= MAX_HOSTNAME).then_some(c)
+        })
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +155,33 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn the_hostname_travels_beside_the_report() {
+        let r = LoadReport::parse(br#"{"cpu": 0.5, "memory": 0.5}"#).unwrap();
+        let body = serde_json::to_vec(&Wire {
+            report: &r,
+            hostname: Some("host-1"),
+        })
+        .unwrap();
+        assert_eq!(LoadReport::parse(&body).unwrap(), r);
+        assert_eq!(hostname(&body).as_deref(), Some("host-1"));
+        let none = serde_json::to_vec(&Wire {
+            report: &r,
+            hostname: None,
+        })
+        .unwrap();
+        assert_eq!(hostname(&none), None);
+    }
+
+    #[test]
+    fn odd_hostnames_are_cleaned_or_ignored() {
+        assert_eq!(hostname(br#"{"hostname": 5}"#), None);
+        assert_eq!(hostname(br#"{"hostname": ""}"#), None);
+        assert_eq!(hostname(b"nonsense"), None);
+        assert_eq!(hostname(br#"{"hostname": "a\nb"}"#).as_deref(), Some("ab"));
+        let long = format!(r#"{{"hostname": "{}"}}"#, "x".repeat(1000));
+        assert_eq!(hostname(long.as_bytes()).unwrap().len(), MAX_HOSTNAME);
     }
 }

@@ -142,6 +142,11 @@ impl Sampler {
 }
 
 /// `part / whole`, clamped to 0..=1; 0 when undefined (NaN, zero whole).
+/// This host's name, if the system tells it.
+pub fn hostname() -> Option<String> {
+    sysinfo::System::host_name().ok().filter(|n| !n.is_empty())
+}
+
 fn fraction(part: f64, whole: f64) -> f64 {
     let f = part / whole;
     if f.is_finite() {

@@ -32,7 +32,10 @@ async fn start(key: Option<Key>) -> SocketAddr {
     tokio::spawn(agent::serve_with(
         listener,
         monitor,
-        Options { key },
+        Options {
+            key,
+            ..Options::default()
+        },
         std::future::pending(),
     ));
     addr

@@ -193,3 +193,36 @@ async fn burning_cpu_raises_the_reported_host_cpu() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_report_names_the_host_the_machines_or_the_one_given() {
+    let agent = start_agent().await;
+    let answer = request(agent.addr, "GET", "/load").await;
+    assert_eq!(
+        agent::report::hostname(&answer.body),
+        agent::sample::hostname(),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    agent.stop().await;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let report = LoadReport::parse(br#"{"cpu": 0.5, "memory": 0.5}"#).unwrap();
+    let options = agent::Options {
+        hostname: Some("web-1".to_owned()),
+        ..agent::Options::default()
+    };
+    tokio::spawn(agent::serve_with(
+        listener,
+        Monitor::fixed(report),
+        options,
+        std::future::pending(),
+    ));
+    let answer = request(addr, "GET", "/load").await;
+    assert_eq!(
+        agent::report::hostname(&answer.body).as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(LoadReport::parse(&answer.body).unwrap(), report);
+}

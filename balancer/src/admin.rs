@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz`, `/status.json`, `/status` (a live HTML
-//! page) and `/metrics` (rendered from [`crate::metrics`]: OpenMetrics or
-//! Prometheus text), served apart from client traffic
+//! page), `/decisions` (the last choices, [`crate::decisions`]) and
+//! `/metrics` (rendered from [`crate::metrics`]: OpenMetrics or Prometheus
+//! text), served apart from client traffic
 //! so that a flood of clients never hides the balancer's own state.
 //!
 //! Reading (`GET`, `HEAD`) is open to whoever reaches the listener; every
@@ -77,9 +78,17 @@ fn route(pool: &Pool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let (content_type, text) = pool.metrics.render(req.headers().get(header::ACCEPT));
             body(content_type, text.into_bytes())
         }
+        "/decisions" => {
+            let recent = pool.decisions.recent();
+            let list: Vec<&crate::decisions::Decision> = recent.iter().map(|d| &**d).collect();
+            body(
+                "application/json",
+                serde_json::to_vec_pretty(&json!({ "decisions": list })).unwrap_or_default(),
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /status, /status.json, /metrics or /healthz\n",
+            "not found; try /status, /status.json, /decisions, /metrics or /healthz\n",
         ),
     }
 }
@@ -122,6 +131,10 @@ pub fn status(pool: &Pool) -> serde_json::Value {
                 "slow_start": b.ramp(now, slow_start),
                 "conns_open": b.conns.open(),
                 "conns_idle": b.conns.idle(),
+                "hostname": b.hostname().as_deref(),
+                "down_reason": b.down_reason().as_ref().map(|e| e.message.clone()),
+                "down_since": b.down_reason().as_ref().and_then(|e| e.at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "latency_ms": b.recent_latency(now).map(|q| json!({"p50": q.p50_ms, "p99": q.p99_ms, "count": q.count})),
             })
         })
         .collect();

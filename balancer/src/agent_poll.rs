@@ -137,7 +137,9 @@ async fn poll(
                     })
                 })?;
         }
-        Ok(LoadReport::parse(&body).map_err(|e| e.to_string())?)
+        let report = LoadReport::parse(&body).map_err(|e| e.to_string())?;
+        backend.set_hostname(agent::report::hostname(&body));
+        Ok(report)
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,

@@ -23,6 +23,7 @@ use crate::latency::{Baselines, Signal};
 use crate::metrics::RequestTimer;
 use crate::outcome::Outcome;
 use crate::outlier::{Detector, Ejection};
+use crate::recent::{Quantiles, Recent};
 use crate::rotation::Rotation;
 use crate::select::{LoadView, View};
 use crate::slow_start::SlowStart;
@@ -87,6 +88,13 @@ pub struct Backend {
     slow_start: SlowStart,
     /// Responses and durations for `/metrics` (shared with a successor).
     pub metrics: Arc<metrics::BackendMetrics>,
+    /// Why it is down (the failing probe's error, or a refused
+    /// connection), for the status page; cleared when it comes back up.
+    down_reason: ArcSwapOption<ErrorNote>,
+    /// The host name its agent reports, if any.
+    hostname: ArcSwapOption<String>,
+    /// Its response times over the last second (status page).
+    recent: Recent,
 }
 
 /// A load report and what the balancer derived from it when it arrived.
@@ -156,6 +164,9 @@ impl Backend {
             outlier: Detector::default(),
             slow_start: SlowStart::default(),
             metrics: Arc::default(),
+            down_reason: ArcSwapOption::empty(),
+            hostname: ArcSwapOption::empty(),
+            recent: Recent::default(),
         }
     }
 
@@ -179,6 +190,8 @@ impl Backend {
             b.load.store(old.load.load_full());
         }
         b.last_error.store(old.last_error.load_full());
+        b.down_reason.store(old.down_reason.load_full());
+        b.hostname.store(old.hostname.load_full());
         b
     }
 
@@ -209,8 +222,39 @@ impl Backend {
         let change = transition(prev & UP != 0, health_step(prev, ok, rise, fall) & UP != 0);
         if change == Some(Transition::WentUp) {
             self.begin_slow_start(Instant::now());
+            self.down_reason.store(None);
         }
         change
+    }
+
+    /// Records why the backend went down, for the status page.
+    pub fn set_down_reason(&self, message: String) {
+        self.down_reason.store(Some(Arc::new(ErrorNote {
+            message,
+            at: SystemTime::now(),
+        })));
+    }
+
+    /// Why it went down, while it is down.
+    pub fn down_reason(&self) -> Option<Arc<ErrorNote>> {
+        self.down_reason.load_full().filter(|_| !self.is_up())
+    }
+
+    /// Stores the host name the agent reports (kept when it is the same).
+    pub fn set_hostname(&self, name: Option<String>) {
+        if self.hostname.load().as_deref() != name.as_ref() {
+            self.hostname.store(name.map(Arc::new));
+        }
+    }
+
+    /// The host name its agent reports.
+    pub fn hostname(&self) -> Option<Arc<String>> {
+        self.hostname.load_full()
+    }
+
+    /// p50/p99 of its responses over the last whole second.
+    pub fn recent_latency(&self, now: Instant) -> Option<Quantiles> {
+        self.recent.last_second(self.clock(now) / 1_000_000_000)
     }
 
     /// Passive marking: a refused connection takes the backend down at once
@@ -376,6 +420,7 @@ impl Backend {
             && self.mark_down() == Some(Transition::WentDown)
         {
             tracing::warn!(backend = %self.addr, "backend down: connection refused");
+            self.set_down_reason("connection refused (a request's connect)".to_owned());
         }
         // Neither the client's fault nor our own connection limit says
         // anything about the backend: the streak is left as it was.
@@ -603,6 +648,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let b = &self.backend;
         b.in_flight.fetch_sub(1, Relaxed);
+        if self.complete {
+            let second = b.clock(self.last) / 1_000_000_000;
+            b.recent
+                .record(second, self.last.saturating_duration_since(self.start));
+        }
         if let Some(cell) = &self.time_to {
             let nanos = u64::try_from(self.backend_time.as_nanos()).unwrap_or(u64::MAX);
             cell.store(nanos, Relaxed);

@@ -38,6 +38,10 @@ pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: u
             ) {
                 (Some(Transition::WentDown), Err(why)) => {
                     tracing::warn!(backend = %backend.addr, "backend down: health probe failed {} times in a row: {why}", h.fall);
+                    backend.set_down_reason(format!(
+                        "health probe failed {} times in a row: {why}",
+                        h.fall
+                    ));
                 }
                 (Some(Transition::WentUp), _) => {
                     tracing::info!(backend = %backend.addr, "backend up: {} health probes passed in a row", h.rise);

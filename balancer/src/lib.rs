@@ -19,7 +19,8 @@
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot;
-//!   [`latency`]: the measured slowness `least-loaded` weighs.
+//!   [`latency`]: the measured slowness `least-loaded` weighs;
+//!   [`decisions`]: the last choices made and why, sampled.
 //! - [`outcome`]: what one attempt came to, classified once and reported
 //!   once; it feeds passive health and [`outlier`] ejection (failure
 //!   streaks, the pool share that may be out, panic mode).
@@ -35,7 +36,8 @@
 //!   request rate, request bodies, slow readers, idle tunnels).
 //! - [`error`]: proxy errors and their status codes.
 //! - [`metrics`]: the one metrics registry; each owner defines its families.
-//! - [`admin`]: status page, JSON, metrics and health on their own listener.
+//! - [`admin`]: status page, JSON, metrics and health on their own listener;
+//!   [`recent`]: each backend's p50/p99 over the last second, for the page.
 //! - [`access_log`]: one line per request, written off the request path.
 
 #![forbid(unsafe_code)]
@@ -49,6 +51,7 @@ pub mod compress;
 pub mod config;
 pub mod conns;
 pub mod deadline;
+pub mod decisions;
 pub mod error;
 pub mod health;
 pub mod host;
@@ -61,6 +64,7 @@ pub mod outcome;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
+pub mod recent;
 pub mod redirect;
 pub mod request_body;
 pub mod rotation;

@@ -29,6 +29,7 @@ use crate::backend::Backend;
 use crate::budget::RetryBudget;
 use crate::config::{Config, Strategy};
 use crate::conns;
+use crate::decisions::{Asked, Decisions, Seen};
 use crate::latency::Baselines;
 use crate::limits::Limiter;
 use crate::metrics::{self, Requests};
@@ -74,6 +75,8 @@ pub struct Pool {
     /// The client limits' counts and tables (`[limits]`), kept across
     /// reloads.
     pub limiter: Arc<Limiter>,
+    /// The last choices made, sampled, for `GET /decisions`.
+    pub decisions: Decisions,
     /// Taken by whatever replaces the snapshot (a reload, an admin weight
     /// change), so that two replacements never overwrite each other's
     /// work. Never taken by a request.
@@ -121,6 +124,7 @@ impl Pool {
             panic: AtomicBool::new(false),
             ejecting: Mutex::new(()),
             limiter,
+            decisions: Decisions::default(),
             replacing: Mutex::new(()),
             access_log,
         });
@@ -219,6 +223,18 @@ impl Pool {
     /// not ejected (unless the pool is in panic mode) and not yet `tried`
     /// by this request. Backends in slow start are offered with their ramp.
     pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
+        self.choose_for(snap, tried, rng, None)
+    }
+
+    /// [`Pool::choose`] for the request `asked`, which a sampled choice
+    /// records for `GET /decisions` ([`crate::decisions`]).
+    pub fn choose_for(
+        &self,
+        snap: &Snapshot,
+        tried: &Tried,
+        rng: &mut fastrand::Rng,
+        asked: Option<Asked<'_>>,
+    ) -> Option<usize> {
         let now = tokio::time::Instant::now();
         let how = Pick {
             strategy: snap.config.balance.strategy,
@@ -262,7 +278,18 @@ impl Pool {
         let rotating = states.iter().filter(|s| s.2).count();
         let panic = self.note_panic(snap, out, rotating);
         let allowed = |i: usize| states[i].2 && !tried.contains(i) && (panic || !states[i].1);
-        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng)?;
+        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng);
+        if let Some(asked) = asked.filter(|_| self.decisions.sample(now)) {
+            let seen = Seen {
+                how: &how,
+                backends: &snap.backends,
+                states,
+                tried: &|i| tried.contains(i),
+                panic,
+            };
+            self.decisions.record(&asked, &seen, choice);
+        }
+        let choice = choice?;
         if let Some(pass) = choice.pass {
             snap.backends[choice.index].set_pass(pass);
         }

@@ -21,6 +21,7 @@ use crate::access_log::{Logged, Record};
 use crate::backend::InFlight;
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
+use crate::decisions::Asked;
 use crate::error::ProxyError;
 use crate::health::error_chain;
 use crate::host;
@@ -165,7 +166,12 @@ async fn forward(
     let attempts = config.balance.retries.saturating_add(1);
     pool.budget.deposit();
     for attempt in 1..=attempts {
-        let Some(i) = pool.choose(&snap, &tried, &mut rng) else {
+        let asked = Asked {
+            method: &parts.method,
+            target: path,
+            attempt,
+        };
+        let Some(i) = pool.choose_for(&snap, &tried, &mut rng, Some(asked)) else {
             if let Some(record) = log {
                 record.none_left();
             }

@@ -251,8 +251,52 @@ pub fn estimated_util(load: Option<&LoadView>, median: f64, p: &Params) -> f64 {
 /// capacity (weight × CPUs); with a host stressed, its utilization and
 /// slowness keep it out until the others are several requests deep.
 pub fn score(v: &View, m: Medians, p: &Params) -> f64 {
-    let util = denoised(estimated_util(v.load.as_ref(), m.util, p), m.util);
-    queue(v, m) * beyond_noise(v.slowness) * pressure(util)
+    score_terms(v, m, p).score
+}
+
+/// The factors of a `least-loaded` [`score`], one by one: what
+/// `GET /decisions` shows for each candidate. Computing them is the score's
+/// own arithmetic, so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreTerms {
+    /// The utilization believed now ([`estimated_util`]), before the noise
+    /// band is taken out.
+    pub util: f64,
+    /// `1 + busy / concurrency` ([`queue`]).
+    pub queue: f64,
+    /// The slowness with its noise band taken out ([`beyond_noise`]).
+    pub slowness: f64,
+    /// `1 / (1 − denoised utilization)`.
+    pub pressure: f64,
+    /// Their product: the score.
+    pub score: f64,
+}
+
+/// The `least-loaded` score of `v` with its terms (see [`score`]).
+pub fn score_terms(v: &View, m: Medians, p: &Params) -> ScoreTerms {
+    let util = estimated_util(v.load.as_ref(), m.util, p);
+    let queue = queue(v, m);
+    let slowness = beyond_noise(v.slowness);
+    let pressure = pressure(denoised(util, m.util));
+    ScoreTerms {
+        util,
+        queue,
+        slowness,
+        pressure,
+        score: queue * slowness * pressure,
+    }
+}
+
+/// What `least-connections` ranks by: requests in flight per unit of
+/// weight × ramp.
+pub fn connections_cost(v: &View) -> f64 {
+    f64::from(v.in_flight) / v.effective_weight()
+}
+
+/// What `least-loaded` ranks by: the score over the ramp, so a backend in
+/// slow start looks busier in proportion.
+pub fn loaded_cost(v: &View, m: Medians, p: &Params) -> f64 {
+    score(v, m, p) / v.clamped_ramp()
 }
 
 /// `1 + busy / concurrency`: how many requests a new one shares the host
@@ -348,11 +392,52 @@ pub struct Choice {
     pub index: usize,
     /// Its new [`View::pass`], if it changed.
     pub pass: Option<f64>,
+    /// Which rule of the strategy chose it (for `GET /decisions`).
+    pub why: Why,
+}
+
+/// Which rule of a strategy made a pick: the "reason" `GET /decisions`
+/// gives for its winner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Round robin's turn in the weighted schedule.
+    Turn,
+    /// Round robin found every eligible backend ramping and skipped, or
+    /// outside the schedule: a weighted random draw instead.
+    TurnFallback,
+    /// A weighted random draw (`random`).
+    Random,
+    /// The lowest cost, or a turn among those within the tie band.
+    Lowest,
+    /// `least-loaded`: a backend nobody has measured yet gets one request
+    /// first.
+    Untried,
+    /// `least-loaded`: the [`PROBE_FLOOR`] share sent at random to an idle
+    /// backend, so a host that looked busy is measured afresh.
+    Probe,
+}
+
+impl Why {
+    /// A short phrase for operators.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Why::Turn => "round-robin turn",
+            Why::TurnFallback => "round-robin: all ramping or off schedule, weighted random",
+            Why::Random => "weighted random",
+            Why::Lowest => "lowest score",
+            Why::Untried => "untried: measured once before its score is trusted",
+            Why::Probe => "probe: random pick of an idle backend (1%)",
+        }
+    }
 }
 
 impl Choice {
-    fn plain(index: usize) -> Choice {
-        Choice { index, pass: None }
+    fn plain(why: Why) -> impl Fn(usize) -> Choice {
+        move |index| Choice {
+            index,
+            pass: None,
+            why,
+        }
     }
 }
 
@@ -388,7 +473,7 @@ pub fn pick(
     rng: &mut fastrand::Rng,
 ) -> Option<Choice> {
     let eligible = |i: usize| allowed(i) && view(i).up;
-    let plain = |i: Option<usize>| i.map(Choice::plain);
+    let plain = |why: Why, i: Option<usize>| i.map(Choice::plain(why));
     match how.strategy {
         Strategy::RoundRobin => {
             let len = how.schedule.len();
@@ -401,26 +486,26 @@ pub fn pick(
                 }
                 let ramp = view(i).ramp;
                 if ramp >= 1.0 || rng.f64() < ramp {
-                    return plain(Some(i));
+                    return plain(Why::Turn, Some(i));
                 }
                 skipped.get_or_insert(i);
             }
             // Every eligible backend is ramping and each was skipped; or the
             // schedule (capped in length) leaves out the few that are
             // eligible, which only weights far apart can do.
-            plain(skipped.or_else(|| weighted_random(n, &view, eligible, rng)))
+            match skipped {
+                Some(i) => plain(Why::Turn, Some(i)),
+                None => plain(Why::TurnFallback, weighted_random(n, &view, eligible, rng)),
+            }
         }
-        Strategy::Random => plain(weighted_random(n, &view, eligible, rng)),
+        Strategy::Random => plain(Why::Random, weighted_random(n, &view, eligible, rng)),
         // nginx's least_conn: requests in flight per unit of weight, ties
         // taken in turn by weight.
         Strategy::LeastConnections => lowest(
             n,
             &view,
             eligible,
-            |i| {
-                let v = view(i);
-                f64::from(v.in_flight) / v.effective_weight()
-            },
+            |i| connections_cost(&view(i)),
             0.0,
             |i| view(i).effective_weight(),
         ),
@@ -432,24 +517,21 @@ pub fn pick(
             // sequential request while the others stay unmeasured.
             let untried = |i: usize| eligible(i) && view(i).untried;
             if (0..n).any(untried) {
-                return plain(weighted_random(n, &view, untried, rng));
+                return plain(Why::Untried, weighted_random(n, &view, untried, rng));
             }
             // A probe goes only to a host with nothing waiting on it: it is
             // there to measure hosts the score avoids (and those are idle),
             // not to queue a request behind others at random.
             let idle = |i: usize| eligible(i) && view(i).busy == 0;
             if rng.f64() < PROBE_FLOOR && (0..n).any(idle) {
-                return plain(weighted_random(n, &view, idle, rng));
+                return plain(Why::Probe, weighted_random(n, &view, idle, rng));
             }
             let m = medians(n, &view, &how.params);
             lowest(
                 n,
                 &view,
                 eligible,
-                |i| {
-                    let v = view(i);
-                    score(&v, m, &how.params) / v.clamped_ramp()
-                },
+                |i| loaded_cost(&view(i), m, &how.params),
                 TIE_BAND,
                 |i| {
                     let v = view(i);
@@ -524,6 +606,7 @@ fn lowest(
     chosen.map(|(i, pass)| Choice {
         index: i,
         pass: Some(pass + step(i)),
+        why: Why::Lowest,
     })
 }
 

@@ -106,7 +106,10 @@ async fn agent(cpu: f64, key: Option<&str>) -> SocketAddr {
     tokio::spawn(agent::serve_with(
         listener,
         Monitor::fixed(report(cpu)),
-        Options { key },
+        Options {
+            key,
+            ..Options::default()
+        },
         std::future::pending(),
     ));
     addr

@@ -61,6 +61,7 @@ impl Hosts {
             backends.push(Self::spawn_backend(h, threads, logs, cg)?);
             let mut cmd = project_cmd("agent")?;
             cmd.arg("--listen").arg(h.agent.to_string());
+            cmd.arg("--hostname").arg(&h.id);
             let cmd = wrap(cmd, cg);
             let log = logs.join(format!("{}-agent.log", h.id));
             agents.push(Proc::spawn(&format!("agent {}", h.id), cmd, Some(&log))?);

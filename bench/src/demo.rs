@@ -53,6 +53,11 @@ pub async fn run(config_path: &Path, out: &Path) -> Result<()> {
     for (i, a) in agents.iter().enumerate() {
         let mut cmd = Command::new(&agent);
         cmd.args(["--listen", &a.to_string()]);
+        // The name of the (first) backend it reports for, as its
+        // `X-Backend` says, so the status page shows `host-1` beside it.
+        if let Some(n) = config.backends.iter().position(|b| b.agent == *a) {
+            cmd.args(["--hostname", &format!("host-{}", n + 1)]);
+        }
         let log = logs.join(format!("agent-{}.log", i + 1));
         let i = procs.push(Proc::spawn(&format!("agent {a}"), cmd, Some(&log))?);
         waits.push((i, *a));

@@ -505,3 +505,51 @@ fn equals_take_turns_and_a_returning_backend_has_no_backlog() {
     let counts = distribution(Strategy::LeastConnections, &mut views, 30, false);
     assert!(counts.iter().all(|&c| (9..=11).contains(&c)), "{counts:?}");
 }
+
+#[test]
+fn score_terms_multiply_to_the_score() {
+    let m = Medians {
+        util: 0.5,
+        cpus: 2.0,
+    };
+    let v = with(view(report(0.95, 200), 3), |v| v.slowness = 4.0);
+    let t = score_terms(&v, m, &P);
+    assert_eq!(t.score, score(&v, m, &P));
+    assert!((t.queue * t.slowness * t.pressure - t.score).abs() < 1e-12);
+    assert!((t.util - 0.95).abs() < 1e-9, "{t:?}");
+    assert!((t.queue - 4.0).abs() < 1e-9, "3 busy on 1 cpu: {t:?}");
+}
+
+#[test]
+fn a_choice_says_which_rule_made_it() {
+    let schedule = wrr_schedule(&[1, 1]);
+    let how = |strategy| Pick {
+        strategy,
+        params: P,
+        ticket: 0,
+        schedule: &schedule,
+    };
+    let idle = [view(report(0.1, 0), 1), view(report(0.1, 0), 1)];
+    let untried = [idle[0], with(idle[1], |v| v.untried = true)];
+    let mut rng = fastrand::Rng::with_seed(1);
+    let why = |strategy, views: &[View], rng: &mut fastrand::Rng| {
+        pick(&how(strategy), views.len(), |i| views[i], |_| true, rng).map(|c| c.why)
+    };
+    let table = [
+        (Strategy::RoundRobin, &idle, Why::Turn),
+        (Strategy::Random, &idle, Why::Random),
+        (Strategy::LeastConnections, &idle, Why::Lowest),
+        // Both busy: no probe, the score decides.
+        (Strategy::LeastLoaded, &idle, Why::Lowest),
+        (Strategy::LeastLoaded, &untried, Why::Untried),
+    ];
+    for (strategy, views, want) in table {
+        assert_eq!(why(strategy, views, &mut rng), Some(want), "{strategy:?}");
+    }
+    // Idle hosts get the probe share now and then.
+    let quiet = [view(report(0.1, 0), 0), view(report(0.1, 0), 0)];
+    let probes = (0..5000)
+        .filter(|_| why(Strategy::LeastLoaded, &quiet, &mut rng) == Some(Why::Probe))
+        .count();
+    assert!((10..150).contains(&probes), "{probes} probes in 5000");
+}
