@@ -258,8 +258,8 @@ pub const MAX_H2_STREAMS: u32 = 100;
 async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     conn: Conn,
-    mut timer: Pin<&mut Sleep>,
-    mut stopped: Pin<&mut impl Stopped>,
+    timer: Pin<&mut Sleep>,
+    stopped: Pin<&mut impl Stopped>,
 ) {
     let activity = Arc::new(Activity::new(true));
     let io = TokioIo::new(ClientIo::new(stream, Bytes::new(), Arc::clone(&activity)));
@@ -271,10 +271,37 @@ async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
     let service = service(&conn, &activity);
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
+    supervise(
+        served.as_mut(),
+        |s| s.graceful_shutdown(),
+        &conn,
+        &activity,
+        timer,
+        stopped,
+    )
+    .await;
+}
+
+/// Drives a connection hyper serves for its whole life (HTTP/2, and
+/// HTTP/1.1 over TLS) until it ends, is idle for `conn.idle`, stalls on a
+/// client that does not read for `conn.send`, or is told to close, by a
+/// response ([`CloseConnection`]) or by shutdown; then `shutdown` asks
+/// hyper to finish what it has and close.
+async fn supervise<F, E>(
+    mut served: Pin<&mut F>,
+    shutdown: impl Fn(Pin<&mut F>),
+    conn: &Conn,
+    activity: &Activity,
+    mut timer: Pin<&mut Sleep>,
+    mut stopped: Pin<&mut impl Stopped>,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let peer = conn.peer;
     let close = activity.close.notified();
     tokio::pin!(close);
-    let mut idle = IdleCheck::start(&activity, &conn, timer.as_mut());
+    let mut idle = IdleCheck::start(activity, conn, timer.as_mut());
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -284,7 +311,7 @@ async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 return;
             }
-            () = timer.as_mut() => match idle.check(&activity, &conn, timer.as_mut()) {
+            () = timer.as_mut() => match idle.check(activity, conn, timer.as_mut()) {
                 Check::Busy => {}
                 Check::Idle => {
                     tracing::debug!(%peer, "closing idle connection");
@@ -294,11 +321,11 @@ async fn http2<S: AsyncRead + AsyncWrite + Unpin>(
             },
             () = close.as_mut(), if !stopping => {
                 stopping = true;
-                served.as_mut().graceful_shutdown();
+                shutdown(served.as_mut());
             }
             _ = stopped.as_mut(), if !stopping => {
                 stopping = true;
-                served.as_mut().graceful_shutdown();
+                shutdown(served.as_mut());
             }
         }
     }

@@ -43,7 +43,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{service, Activity, Check, ClientIo, Conn, IdleCheck, Stopped, MAX_HEAD};
+use super::{service, Activity, ClientIo, Conn, Stopped, MAX_HEAD};
 use crate::limits::ConnSlot;
 use crate::pool::Pool;
 use crate::tls::{Terminator, TlsInfo};
@@ -165,8 +165,8 @@ async fn refuse_plain(mut stream: TcpStream) {
 async fn http1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     conn: Conn,
-    mut timer: Pin<&mut Sleep>,
-    mut stopped: Pin<&mut impl Stopped>,
+    timer: Pin<&mut Sleep>,
+    stopped: Pin<&mut impl Stopped>,
 ) {
     let activity = Arc::new(Activity::new(false));
     let io = TokioIo::new(ClientIo::new(stream, Bytes::new(), Arc::clone(&activity)));
@@ -184,37 +184,15 @@ async fn http1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         .serve_connection(io, service(&conn, &activity))
         .with_upgrades();
     tokio::pin!(served);
-    let peer = conn.peer;
-    let close = activity.close.notified();
-    tokio::pin!(close);
-    let mut idle = IdleCheck::start(&activity, &conn, timer.as_mut());
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = served.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                }
-                return;
-            }
-            () = timer.as_mut() => match idle.check(&activity, &conn, timer.as_mut()) {
-                Check::Busy => {}
-                Check::Idle => {
-                    tracing::debug!(%peer, "closing idle connection");
-                    return;
-                }
-                Check::SendStalled => return,
-            },
-            () = close.as_mut(), if !stopping => {
-                stopping = true;
-                served.as_mut().graceful_shutdown();
-            }
-            _ = stopped.as_mut(), if !stopping => {
-                stopping = true;
-                served.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    super::supervise(
+        served.as_mut(),
+        |s| s.graceful_shutdown(),
+        &conn,
+        &activity,
+        timer,
+        stopped,
+    )
+    .await;
 }
 
 /// hyper's timer for HTTP/1.1 over TLS, whose only use is the header read
