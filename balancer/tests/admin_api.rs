@@ -241,6 +241,11 @@ async fn a_weight_change_shifts_the_share_and_shows_the_file_weight_beside_it() 
         (Some(3), Some(1)),
         "{s}"
     );
+    // `/metrics` shows the weight in use too.
+    let m = get(&format!("http://{}/metrics", c.admin)).await;
+    let text = String::from_utf8_lossy(&m.body);
+    let want = format!("lb_backend_weight{{backend=\"{}\"}} 3", a.addr);
+    assert!(text.contains(&want), "{want} missing:\n{text}");
 
     let shares = Seq::new().tally(&c.url("/"), 200).await;
     let share = shares.share("a");

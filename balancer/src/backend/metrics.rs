@@ -91,9 +91,9 @@ pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
     )?;
     w.family::<u64>(
         "lb_backend_weight",
-        "configured weight",
+        "weight in use: lb.toml's, or the admin API's override",
         Gauge,
-        |b, _, _| Some(u64::from(b.weight)),
+        |b, _, _| Some(u64::from(b.effective_weight())),
     )?;
     w.family::<u64>(
         "lb_backend_ejected",
