@@ -107,16 +107,7 @@ pub(crate) fn spawn_connection(
     pool: &Arc<Pool>,
     stop: &watch::Sender<()>,
 ) {
-    let timeouts = pool.snapshot().config.timeouts;
-    let conn = Conn {
-        peer,
-        tls: None,
-        pool: Arc::clone(pool),
-        idle: timeouts.idle,
-        header: timeouts.header,
-        send: timeouts.send,
-        _slot: slot,
-    };
+    let conn = Conn::new(peer, slot, pool);
     tokio::spawn(connection(stream, conn, stop.subscribe()));
 }
 
@@ -146,6 +137,22 @@ struct Conn {
     send: Duration,
     /// Counts the connection against `[limits]` until it closes.
     _slot: ConnSlot,
+}
+
+impl Conn {
+    /// A new connection from `peer`, with the current `[timeouts]`.
+    fn new(peer: SocketAddr, slot: ConnSlot, pool: &Arc<Pool>) -> Conn {
+        let timeouts = pool.snapshot().config.timeouts;
+        Conn {
+            peer,
+            tls: None,
+            pool: Arc::clone(pool),
+            idle: timeouts.idle,
+            header: timeouts.header,
+            send: timeouts.send,
+            _slot: slot,
+        }
+    }
 }
 
 /// One client connection, from accept to close. `stop` changes once, on

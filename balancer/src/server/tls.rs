@@ -70,16 +70,7 @@ pub(crate) fn spawn_connection(
     terminator: &Arc<Terminator>,
     stop: &watch::Sender<()>,
 ) {
-    let timeouts = pool.snapshot().config.timeouts;
-    let conn = Conn {
-        peer,
-        tls: None,
-        pool: Arc::clone(pool),
-        idle: timeouts.idle,
-        header: timeouts.header,
-        send: timeouts.send,
-        _slot: slot,
-    };
+    let conn = Conn::new(peer, slot, pool);
     let acceptor = terminator.acceptor();
     tokio::spawn(connection(stream, conn, acceptor, stop.subscribe()));
 }

@@ -16,6 +16,8 @@
 
 mod summary;
 
+pub(crate) use summary::workers_label;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

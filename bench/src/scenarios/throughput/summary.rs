@@ -21,7 +21,7 @@ const CPU_GOAL: f64 = 0.9;
 const P99_GOAL: f64 = 1.0;
 
 /// "1 worker", "2 workers".
-fn workers_label(n: usize) -> String {
+pub(crate) fn workers_label(n: usize) -> String {
     if n == 1 {
         "1 worker".into()
     } else {

@@ -10,7 +10,7 @@ use crate::handshake::{GROUP, SUITE};
 use crate::procs::CpuTimes;
 use crate::proxies::{Kind, INSTALL_HINT};
 use crate::report::{bar_chart, fmt, median, ratio, Goal, Report};
-use crate::scenarios::throughput::median_cpu;
+use crate::scenarios::throughput::{median_cpu, workers_label};
 
 /// The proxies the goals compare ours with; the better of them counts.
 const RIVALS: [&str; 2] = ["nginx", "haproxy"];
@@ -37,15 +37,6 @@ impl Pass {
     fn cpu(&self, target: &str, k: RunKind) -> Option<CpuTimes> {
         self.measured(target)
             .and_then(|f| median_cpu(f.series(k).cpu.clone()))
-    }
-}
-
-/// "1 worker", "2 workers".
-fn workers_label(n: usize) -> String {
-    if n == 1 {
-        "1 worker".into()
-    } else {
-        format!("{n} workers")
     }
 }
 
