@@ -20,12 +20,14 @@ use crate::compress;
 
 mod limits;
 mod log;
+mod pools;
 mod raw;
 mod resilience;
 mod secrets;
 mod tls;
 pub use limits::RatePerIp;
 pub use log::{Access, Format, Log};
+pub use pools::{Discover, Dns, HostMatch, PoolConfig, RouteConfig, DEFAULT_POOL};
 use raw::{RawCompression, RawConfig};
 pub use resilience::{Outlier, MAX_EJECTION};
 pub use secrets::AdminToken;
@@ -59,6 +61,13 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `[log]`: the access log.
     pub log: Log,
+    /// `[[pool]]`s, in file order; the top-level `backends` are the pool
+    /// named `"default"`, not listed here.
+    pub pools: Vec<PoolConfig>,
+    /// `[[route]]`s, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `[dns]`: the name servers `discover` asks.
+    pub dns: Dns,
 }
 
 /// One backend as configured.
@@ -552,6 +561,9 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
         limits,
         tls,
         log,
+        pools: Vec::new(),
+        routes: Vec::new(),
+        dns: Dns::default(),
     })
 }
 
