@@ -4,6 +4,9 @@
 //! text), served apart from client traffic
 //! so that a flood of clients never hides the balancer's own state.
 //!
+//! `POST /backends` and `DELETE /backends/{addr}` register and withdraw
+//! backends ([`register`], [`crate::registry`]).
+//!
 //! Reading (`GET`, `HEAD`) is open to whoever reaches the listener; every
 //! other method needs the bearer token of `[admin] token_file`
 //! ([`authorize`]). Connections get the head and idle timeouts of
@@ -13,6 +16,7 @@
 mod api;
 mod auth;
 mod conn;
+mod register;
 
 pub use auth::authorize;
 
@@ -47,7 +51,10 @@ pub(crate) async fn serve(
 
 /// Sends `/backends/{addr}/{action}` to the admin API ([`api`]), the rest
 /// to [`route`].
-async fn respond(pool: &Pool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(pool: &Arc<Pool>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(target) = register::target(req.uri().path()) {
+        return register::handle(pool, req, target).await;
+    }
     match api::target(req.uri().path()) {
         Some((addr, action)) => api::handle(pool, req, &addr, &action).await,
         None => route(pool, &req),
@@ -107,6 +114,8 @@ pub fn status(pool: &Pool) -> serde_json::Value {
             let (ejected_for, ejections) = b.ejection(now);
             json!({
                 "addr": b.addr.to_string(),
+                "pool": &*b.pool,
+                "origin": b.origin.name(),
                 "agent": b.agent.to_string(),
                 "weight": b.effective_weight(),
                 "config_weight": b.rotation.weight_override().map(|_| b.weight),
@@ -138,10 +147,24 @@ pub fn status(pool: &Pool) -> serde_json::Value {
             })
         })
         .collect();
+    let pools: Vec<_> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "name": &*u.name,
+                "strategy": u.strategy.name(),
+                "health_path": &*u.health_path,
+                "backends": u.backends.len(),
+                "panic": u.in_panic(&snap.config),
+            })
+        })
+        .collect();
     json!({
         "strategy": snap.config.balance.strategy.name(),
         "listen": snap.config.listen.to_string(),
-        "panic": pool.in_panic(&snap),
+        "panic": snap.in_panic(),
+        "pools": pools,
         "retries": pool.budget.granted(),
         "retries_denied": pool.budget.denied(),
         "backends": backends,

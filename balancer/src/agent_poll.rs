@@ -22,27 +22,30 @@ use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::backend::Backend;
 use crate::health::error_chain;
-use crate::monitor;
-use crate::pool::{MonitorClient, Pool};
+use crate::monitor::{self, MonitorClient, Watch};
 
 /// A report larger than this is not a report.
 const MAX_REPORT: usize = 64 * 1024;
 
-/// Starts the poll loop of `backend`, the `slot`-th of `of` started together.
-pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: usize) {
-    let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.agent.interval) else {
-        return;
-    };
+/// Starts the poll loop of `backend`, the `slot`-th of `of` started
+/// together, with the poll interval in force now (`interval`).
+pub(crate) fn spawn(
+    watch: Watch,
+    backend: Weak<Backend>,
+    interval: Duration,
+    slot: usize,
+    of: usize,
+) {
     // Half the probe stagger: load data is wanted early after a start.
     let offset = monitor::stagger(interval, slot, of) / 2;
     monitor::every(
-        pool,
+        watch,
         backend,
         offset,
         |c| c.agent.interval,
-        |pool, backend, config| async move {
-            let key = config.agent.key.as_ref();
-            match poll(&pool.monitor_client, &backend, config.agent.timeout, key).await {
+        |backend, run| async move {
+            let key = run.config.agent.key.as_ref();
+            match poll(&run.client, &backend, run.config.agent.timeout, key).await {
                 Ok(report) => {
                     backend.store_load(report, tokio::time::Instant::now());
                     if backend.set_agent_reporting(true) {

@@ -27,6 +27,7 @@ use crate::recent::{Quantiles, Recent};
 use crate::rotation::Rotation;
 use crate::select::{LoadView, View};
 use crate::slow_start::SlowStart;
+use crate::sources::Origin;
 
 /// One backend server and everything the balancer knows about it.
 #[derive(Debug)]
@@ -49,6 +50,10 @@ pub struct Backend {
     /// The connections to it (shared with a successor that only changed
     /// weight or agent, so they stay warm).
     pub conns: Arc<Conns>,
+    /// The pool it belongs to (`"default"`: the top-level `backends`).
+    pub pool: Arc<str>,
+    /// Whether it is listed, discovered or registered.
+    pub origin: Origin,
     /// Health: bit 31 is "up", the low bits HAProxy's check counter.
     health: AtomicU32,
     /// Requests currently open (until the response body ends).
@@ -146,6 +151,8 @@ impl Backend {
             host_header: http::HeaderValue::from_str(&cfg.addr.to_string())
                 .expect("a socket address is a valid header value"),
             conns: Arc::new(Conns::new(cfg.addr)),
+            pool: crate::config::DEFAULT_POOL.into(),
+            origin: Origin::Listed,
             health: AtomicU32::new(UP | streaks(rise, fall).2),
             in_flight: AtomicU32::new(0),
             busy: AtomicU32::new(0),
@@ -193,6 +200,15 @@ impl Backend {
         b.down_reason.store(old.down_reason.load_full());
         b.hostname.store(old.hostname.load_full());
         b
+    }
+
+    /// This backend as a member of `pool`, from `origin`.
+    pub fn in_pool(self, pool: Arc<str>, origin: Origin) -> Backend {
+        Backend {
+            pool,
+            origin,
+            ..self
+        }
     }
 
     /// Whether new requests may be sent here.

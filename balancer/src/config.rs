@@ -224,6 +224,9 @@ pub struct Admin {
     /// load). `None`: they answer `403`; only allowed on a loopback
     /// `listen`.
     pub token: Option<AdminToken>,
+    /// How often a registered backend must announce itself (`POST
+    /// /backends`); three missed heartbeats drop it.
+    pub heartbeat: Duration,
 }
 
 /// A configuration that could not be read or is invalid.
@@ -522,6 +525,7 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
     let admin = Admin {
         listen: admin_listen,
         token: secrets::admin_token(&raw.admin, admin_listen)?,
+        heartbeat: duration(&raw.admin.heartbeat, "[admin] heartbeat", "2s")?,
     };
 
     let limits = limits::limits(&raw.limits)?;

@@ -55,6 +55,8 @@ pub struct Decision {
     pub request: String,
     /// 1 for a first attempt, more for retries.
     pub attempt: u32,
+    /// The pool chosen in (`"default"`: the top-level `backends`).
+    pub pool: String,
     /// The pool's strategy.
     pub strategy: &'static str,
     /// The chosen backend; `None`: there was none (`503`).
@@ -133,6 +135,8 @@ impl Default for Decisions {
 pub struct Seen<'a> {
     /// The pick's parameters.
     pub how: &'a Pick<'a>,
+    /// The pool's name.
+    pub pool: &'a str,
     /// The pool's backends.
     pub backends: &'a [Arc<Backend>],
     /// Each backend's view, whether it was ejected, and whether it is in
@@ -199,6 +203,7 @@ fn describe(asked: &Asked<'_>, seen: &Seen<'_>, choice: Option<Choice>) -> Decis
             .map_or(0, |d| d.as_millis() as u64),
         request: request_line(asked),
         attempt: asked.attempt,
+        pool: seen.pool.to_owned(),
         strategy: seen.how.strategy.name(),
         winner: choice
             .and_then(|c| seen.backends.get(c.index))

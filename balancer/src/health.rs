@@ -15,23 +15,26 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 
 use crate::backend::{Backend, Transition};
-use crate::monitor;
-use crate::pool::{MonitorClient, Pool};
+use crate::monitor::{self, MonitorClient, Watch};
 
-/// Starts the probe loop of `backend`, the `slot`-th of `of` started together.
-pub(crate) fn spawn(pool: Weak<Pool>, backend: Weak<Backend>, slot: usize, of: usize) {
-    let Some(interval) = pool.upgrade().map(|p| p.snapshot().config.health.interval) else {
-        return;
-    };
+/// Starts the probe loop of `backend`, the `slot`-th of `of` started
+/// together, with the probe interval in force now (`interval`).
+pub(crate) fn spawn(
+    watch: Watch,
+    backend: Weak<Backend>,
+    interval: Duration,
+    slot: usize,
+    of: usize,
+) {
     let offset = monitor::stagger(interval, slot, of);
     monitor::every(
-        pool,
+        watch,
         backend,
         offset,
         |c| c.health.interval,
-        |pool, backend, config| async move {
-            let h = &config.health;
-            let result = probe(&pool.monitor_client, &backend, &h.path, h.timeout).await;
+        |backend, run| async move {
+            let h = &run.config.health;
+            let result = probe(&run.client, &backend, &run.health_path, h.timeout).await;
             match (
                 backend.record_probe(result.is_ok(), h.rise, h.fall),
                 &result,

@@ -1,25 +1,23 @@
-//! The live set of backends: one immutable [`Snapshot`] behind an
-//! `ArcSwap`, read without a lock by every request and replaced whole on
-//! reload.
+//! The live backend table: one immutable [`Snapshot`] (the router, every
+//! pool's [`Upstream`] and their members) behind an `ArcSwap`, read
+//! without a lock by every request and replaced whole when it changes.
 //!
-//! A reload keeps the `Arc<Backend>` of every backend present in both
-//! configurations, so health, load and counters carry over, and starts
-//! monitors (health probe, agent poll) only for the new ones. Monitors hold
-//! `Weak` references and stop by themselves once their backend has left the
-//! snapshot or the pool is gone.
-//!
-//! The pool also owns what is decided pool-wide: which backends a request
-//! may go to (in rotation, up, not yet tried, not ejected unless in panic
-//! mode), the
-//! outlier ejections that must respect `max_ejected_percent` ([`Pool::report`]),
-//! and the retry budget.
+//! There is one way to change it, [`Pool::update`]: SIGHUP, the admin API,
+//! registrations and DNS discovery each change the [`Sources`] the table
+//! is built from, and the one reconciliation turns them into a new
+//! snapshot. It keeps the `Arc<Backend>` of every backend present before
+//! and after (same pool, origin, agent and weight), so health, load,
+//! counters and connections carry over (as pingora's `Backends::update`
+//! does); a backend whose agent, weight or pool changed gets a successor
+//! that inherits its state; new ones start their monitors (health probe,
+//! agent poll, connection sweeper) and ramp up under slow start. Monitors
+//! hold `Weak` references and stop by themselves once their backend has
+//! left the table or the pool is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -27,35 +25,77 @@ use hyper_util::rt::TokioExecutor;
 use crate::access_log::AccessLog;
 use crate::backend::Backend;
 use crate::budget::RetryBudget;
-use crate::config::{Config, Strategy};
+use crate::config::Config;
 use crate::conns;
-use crate::decisions::{Asked, Decisions, Seen};
+use crate::decisions::Decisions;
 use crate::latency::Baselines;
 use crate::limits::Limiter;
 use crate::metrics::{self, Requests};
-use crate::outcome::Outcome;
-use crate::select::{self, Pick, View};
-use crate::{agent_poll, health, outlier};
+use crate::monitor::{MonitorClient, Run, Watch};
+use crate::router::Router;
+use crate::sources::{Desired, Sources};
+use crate::upstream::Upstream;
+use crate::{agent_poll, health};
 
-/// The client used by health probes and agent polls.
-pub type MonitorClient = Client<HttpConnector, Empty<Bytes>>;
+pub use crate::upstream::Tried;
 
-/// One consistent view of the configuration and its backends.
+/// One consistent view of the configuration and the backend table.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The configuration this snapshot was built from.
     pub config: Arc<Config>,
-    /// The backends, in configuration order.
+    /// Which upstream a request goes to.
+    pub router: Router,
+    /// Every pool: `"default"` first, then the `[[pool]]`s in file order.
+    pub upstreams: Vec<Upstream>,
+    /// Every backend of every upstream, in that order (for the admin view
+    /// and the metrics).
     pub backends: Vec<Arc<Backend>>,
-    /// Weighted round-robin order over `backends`.
-    pub schedule: Vec<u32>,
+}
+
+impl Snapshot {
+    /// The upstream for a request to `host` (as sent) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> &Upstream {
+        let i = if self.router.is_trivial() {
+            0
+        } else {
+            self.router.route(host, path)
+        };
+        &self.upstreams[i.min(self.upstreams.len() - 1)]
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// Whether any upstream is in panic mode now.
+    pub fn in_panic(&self) -> bool {
+        self.upstreams.iter().any(|u| u.in_panic(&self.config))
+    }
+
+    /// `lb_panic`, for the metrics registry.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        crate::metrics::gauge(
+            enc,
+            "lb_panic",
+            "1 while too many backends of a pool are down or ejected and ejection is suspended there",
+            u64::from(self.in_panic()),
+        )
+    }
 }
 
 /// The live backend table and what its monitors share.
 #[derive(Debug)]
 pub struct Pool {
     current: ArcSwap<Snapshot>,
-    rr: AtomicUsize,
+    /// What the table is built from. Taken by whatever changes the table
+    /// (a reload, an admin change, a registration, a DNS answer), so that
+    /// two changes never overwrite each other's work; never by a request.
+    sources: Mutex<Sources>,
     /// The per-class latency baselines every backend is compared against;
     /// they outlive reloads, as the request classes do.
     baselines: Arc<Baselines>,
@@ -63,24 +103,13 @@ pub struct Pool {
     /// proxy pool never delays a probe.
     pub monitor_client: MonitorClient,
     /// Retries granted and refused over the last seconds (one budget for
-    /// the pool, kept across reloads).
+    /// the balancer, kept across reloads).
     pub budget: RetryBudget,
-    /// Whether the pool was in panic mode at the last look, so entering and
-    /// leaving it are logged once each.
-    panic: AtomicBool,
-    /// Taken only by a backend that has just completed a failure streak, so
-    /// that two backends tripping together cannot both take the last room
-    /// under `max_ejected_percent`. Never taken by a request that went well.
-    ejecting: Mutex<()>,
     /// The client limits' counts and tables (`[limits]`), kept across
     /// reloads.
     pub limiter: Arc<Limiter>,
     /// The last choices made, sampled, for `GET /decisions`.
     pub decisions: Decisions,
-    /// Taken by whatever replaces the snapshot (a reload, an admin weight
-    /// change), so that two replacements never overwrite each other's
-    /// work. Never taken by a request.
-    replacing: Mutex<()>,
     /// The access log (`[log]`), reopened on SIGHUP.
     pub access_log: AccessLog,
     /// What clients got: responses by class, total times (kept across
@@ -91,46 +120,32 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds the pool and starts one health probe and one agent poller per
-    /// backend. Must be called inside a tokio runtime.
+    /// Builds the table and starts one health probe and one agent poller
+    /// per backend. Must be called inside a tokio runtime.
     pub fn start(config: Config) -> Arc<Pool> {
         let config = Arc::new(config);
+        let sources = Sources::new(Arc::clone(&config));
         let baselines = Arc::new(Baselines::new());
-        let backends: Vec<_> = config
-            .backends
-            .iter()
-            .map(|b| {
-                let (rise, fall) = (config.health.rise, config.health.fall);
-                Arc::new(Backend::new(b, rise, fall, &baselines))
-            })
-            .collect();
+        let (snapshot, fresh) = build(&sources, None, &baselines);
         let limiter = Arc::new(Limiter::new(&config.limits));
         let access_log = AccessLog::start(&config.log);
         let requests = Arc::new(Requests::default());
         let pool = Arc::new_cyclic(|me| Pool {
             metrics: metrics::Registry::new(me.clone(), &requests, &limiter),
             requests,
-            current: ArcSwap::from_pointee(Snapshot {
-                schedule: schedule(&backends),
-                backends: backends.clone(),
-                config,
-            }),
-            rr: AtomicUsize::new(0),
+            current: ArcSwap::from_pointee(snapshot),
+            sources: Mutex::new(sources),
             baselines,
             monitor_client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
                 .build(HttpConnector::new()),
             budget: RetryBudget::new(),
-            panic: AtomicBool::new(false),
-            ejecting: Mutex::new(()),
             limiter,
             decisions: Decisions::default(),
-            replacing: Mutex::new(()),
             access_log,
         });
-        for (i, b) in backends.iter().enumerate() {
-            start_monitors(&pool, b, i, backends.len());
-        }
+        pool.start_monitors(&fresh);
+        crate::registry::spawn_expiry(&pool);
         pool
     }
 
@@ -139,7 +154,7 @@ impl Pool {
         self.current.load_full()
     }
 
-    /// Whether `backend` is still part of the current configuration.
+    /// Whether `backend` is still part of the table.
     pub fn holds(&self, backend: &Arc<Backend>) -> bool {
         self.current
             .load()
@@ -148,69 +163,10 @@ impl Pool {
             .any(|b| Arc::ptr_eq(b, backend))
     }
 
-    /// Swaps in a new configuration, carrying over the state of backends
-    /// present in both.
-    pub fn reload(self: &Arc<Self>, config: Config) {
-        let _one_at_a_time = self
-            .replacing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = self.snapshot();
-        let config = Arc::new(config);
-        self.limiter.configure(&config.limits);
-        let mut fresh = Vec::new();
-        let backends: Vec<_> = config
-            .backends
-            .iter()
-            .map(
-                |cfg| match old.backends.iter().find(|b| b.addr == cfg.addr) {
-                    Some(b) if b.agent == cfg.agent && b.weight == cfg.weight => Arc::clone(b),
-                    Some(b) => {
-                        let b = Arc::new(Backend::succeed(b, cfg));
-                        fresh.push(Arc::clone(&b));
-                        b
-                    }
-                    None => {
-                        let (rise, fall) = (config.health.rise, config.health.fall);
-                        let b = Arc::new(Backend::new(cfg, rise, fall, &self.baselines));
-                        // Added while running: it ramps up (backends present
-                        // at start do not, as in HAProxy).
-                        b.begin_slow_start(tokio::time::Instant::now());
-                        fresh.push(Arc::clone(&b));
-                        b
-                    }
-                },
-            )
-            .collect();
-        self.current.store(Arc::new(Snapshot {
-            schedule: schedule(&backends),
-            backends,
-            config,
-        }));
-        for (i, b) in fresh.iter().enumerate() {
-            start_monitors(self, b, i, fresh.len());
-        }
-    }
-
     /// The backend at `addr` in the current snapshot.
-    pub fn find(&self, addr: std::net::SocketAddr) -> Option<Arc<Backend>> {
+    pub fn find(&self, addr: SocketAddr) -> Option<Arc<Backend>> {
         let snap = self.current.load();
         snap.backends.iter().find(|b| b.addr == addr).cloned()
-    }
-
-    /// Rebuilds the round-robin schedule from the backends' effective
-    /// weights, after the admin API changed one.
-    pub fn reschedule(&self) {
-        let _one_at_a_time = self
-            .replacing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = self.snapshot();
-        self.current.store(Arc::new(Snapshot {
-            schedule: schedule(&old.backends),
-            backends: old.backends.clone(),
-            config: Arc::clone(&old.config),
-        }));
     }
 
     /// The latency class of a request ([`Baselines::class_of`]).
@@ -218,250 +174,160 @@ impl Pool {
         self.baselines.class_of(method, path_and_query)
     }
 
-    /// Chooses a backend of `snap` by its strategy, among those in rotation
-    /// (not disabled or draining by an operator, even in panic mode), up,
-    /// not ejected (unless the pool is in panic mode) and not yet `tried`
-    /// by this request. Backends in slow start are offered with their ramp.
-    pub fn choose(&self, snap: &Snapshot, tried: &Tried, rng: &mut fastrand::Rng) -> Option<usize> {
-        self.choose_for(snap, tried, rng, None)
-    }
-
-    /// [`Pool::choose`] for the request `asked`, which a sampled choice
-    /// records for `GET /decisions` ([`crate::decisions`]).
-    pub fn choose_for(
-        &self,
-        snap: &Snapshot,
-        tried: &Tried,
-        rng: &mut fastrand::Rng,
-        asked: Option<Asked<'_>>,
-    ) -> Option<usize> {
-        let now = tokio::time::Instant::now();
-        let how = Pick {
-            strategy: snap.config.balance.strategy,
-            params: select::Params {
-                interval: snap.config.agent.interval,
-            },
-            // Only round robin needs the shared counter: other strategies
-            // leave its cache line alone.
-            ticket: match snap.config.balance.strategy {
-                Strategy::RoundRobin => self.rr.fetch_add(1, Relaxed),
-                _ => 0,
-            },
-            schedule: &snap.schedule,
-        };
-        // Read each backend's state once per pick: on the stack for the
-        // usual small pools, in a Vec beyond.
-        let slow_start = snap.config.balance.slow_start;
-        let read = |b: &Arc<Backend>| {
-            let view = View {
-                ramp: b.ramp(now, slow_start).unwrap_or(1.0),
-                ..b.view(now)
-            };
-            (view, b.is_ejected(now), b.rotation.in_rotation())
-        };
-        let n = snap.backends.len();
-        let mut stack = [(View::UNKNOWN, false, false); 16];
-        let heap: Vec<(View, bool, bool)>;
-        let states: &[(View, bool, bool)] = if n <= stack.len() {
-            for (slot, b) in stack.iter_mut().zip(&snap.backends) {
-                *slot = read(b);
-            }
-            &stack[..n]
-        } else {
-            heap = snap.backends.iter().map(read).collect();
-            &heap
-        };
-        let out = states
-            .iter()
-            .filter(|(v, ejected, rotating)| *rotating && (!v.up || *ejected))
-            .count();
-        let rotating = states.iter().filter(|s| s.2).count();
-        let panic = self.note_panic(snap, out, rotating);
-        let allowed = |i: usize| states[i].2 && !tried.contains(i) && (panic || !states[i].1);
-        let choice = select::pick(&how, n, |i| states[i].0, allowed, rng);
-        if let Some(asked) = asked.filter(|_| self.decisions.sample(now)) {
-            let seen = Seen {
-                how: &how,
-                backends: &snap.backends,
-                states,
-                tried: &|i| tried.contains(i),
-                panic,
-            };
-            self.decisions.record(&asked, &seen, choice);
-        }
-        let choice = choice?;
-        if let Some(pass) = choice.pass {
-            snap.backends[choice.index].set_pass(pass);
-        }
-        Some(choice.index)
-    }
-
-    /// Whether the pool was in panic mode at the last choice (no new look:
-    /// the access log's `why`).
-    pub fn panicking(&self) -> bool {
-        self.panic.load(Relaxed)
-    }
-
-    /// Whether `snap`'s pool is in panic mode now: more than
-    /// `max_ejected_percent` of it down or ejected. Then ejected backends
-    /// take traffic again (down ones do not) and nothing more is ejected.
-    /// Backends an operator took out of rotation are no part of this
-    /// arithmetic (neither out nor in): maintenance is not a failure, and
-    /// they are never used in panic mode either.
-    pub fn in_panic(&self, snap: &Snapshot) -> bool {
-        let now = tokio::time::Instant::now();
-        let (out, n) = out_of(snap, now);
-        self.note_panic(snap, out, n)
-    }
-
-    /// `lb_panic`, for the metrics registry.
-    pub fn encode_metrics(
-        &self,
-        snap: &Snapshot,
-        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> std::fmt::Result {
-        crate::metrics::gauge(
-            enc,
-            "lb_panic",
-            "1 while too many backends are down or ejected and ejection is suspended",
-            u64::from(self.in_panic(snap)),
-        )
-    }
-
-    /// Panic mode for `out` of `n` backends in rotation down or ejected;
-    /// logs entering and leaving it, once each.
-    fn note_panic(&self, snap: &Snapshot, out: usize, n: usize) -> bool {
-        let o = &snap.config.outlier;
-        let panic = o.ejects() && outlier::panic(out, n, o.max_ejected_percent);
-        if self.panic.load(Relaxed) != panic && self.panic.swap(panic, Relaxed) != panic {
-            if panic {
-                tracing::warn!(
-                    "panic mode: {out} of {n} backends are down or ejected, more than max_ejected_percent = {}%; \
-                     ejection suspended, ejected backends take traffic again",
-                    o.max_ejected_percent
-                );
-            } else {
-                tracing::info!("panic mode over: {out} of {n} backends down or ejected");
-            }
-        }
-        panic
-    }
-
-    /// The one place an attempt's outcome lands; the proxy calls it once
-    /// per attempt. The backend takes it first ([`Backend::report`]: errors,
-    /// passive marking, its failure streak); when the streak is complete,
-    /// the backend is ejected here, if that leaves at most
-    /// `max_ejected_percent` of the pool down or ejected. `note` is the
-    /// error's text, for the status page. Must be called inside a tokio
-    /// runtime (an ejection schedules the log line of its return).
-    pub fn report(&self, snap: &Snapshot, i: usize, outcome: Outcome, note: Option<String>) {
-        let Some(backend) = snap.backends.get(i) else {
-            return;
-        };
-        let o = &snap.config.outlier;
-        let now = tokio::time::Instant::now();
-        if backend.report(outcome, note, o.consecutive_failures, now) && o.ejects() {
-            self.eject(snap, backend, outcome, now);
-        }
-    }
-
-    fn eject(
-        &self,
-        snap: &Snapshot,
-        backend: &Arc<Backend>,
-        last: Outcome,
-        now: tokio::time::Instant,
-    ) {
-        let o = &snap.config.outlier;
-        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
-        // A down backend is out already; health probes bring it back. One
-        // an operator took out of rotation is out too.
-        if !backend.is_up() || backend.is_ejected(now) || !backend.rotation.in_rotation() {
-            return;
-        }
-        let (out, n) = out_of(snap, now);
-        if !outlier::may_eject(out + 1, n, o.max_ejected_percent) {
-            tracing::debug!(
-                backend = %backend.addr,
-                "not ejected: {out} of {n} backends already down or ejected (max_ejected_percent = {}%)",
-                o.max_ejected_percent
-            );
-            return;
-        }
-        let e = backend.eject(now, o.base_ejection);
-        tracing::warn!(
-            backend = %backend.addr,
-            "backend ejected for {}: {} failures in a row, the last one {last} (ejection {}, multiplier {})",
-            humantime::format_duration(e.duration),
-            o.consecutive_failures,
-            e.count,
-            e.level
-        );
-        // Announce the return on time; tokio's sleep saturates huge
-        // durations, and the task holds only a weak reference.
-        let weak = Arc::downgrade(backend);
-        tokio::spawn(async move {
-            tokio::time::sleep(e.duration).await;
-            if let Some(b) = weak.upgrade() {
-                if b.take_return(tokio::time::Instant::now()) {
-                    tracing::info!(backend = %b.addr, "backend back in rotation after its ejection");
-                }
-            }
+    /// Swaps in a new configuration, carrying over the state of backends
+    /// present in both; registrations whose pool is gone are dropped.
+    pub fn reload(self: &Arc<Self>, config: Config) {
+        self.limiter.configure(&config.limits);
+        self.update(|s| {
+            s.config = Arc::new(config);
+            s.drop_orphans();
+            true
         });
     }
-}
 
-/// The backends one request has been sent to, so that a retry goes
-/// elsewhere, whatever the pool's size. A request makes at most
-/// `1 + [balance] retries` (at most 11) attempts.
-#[derive(Debug, Default)]
-pub struct Tried {
-    list: [usize; 11],
-    len: usize,
-}
+    /// Rebuilds the table from unchanged sources: the round-robin
+    /// schedules follow the backends' effective weights again, after the
+    /// admin API changed one.
+    pub fn reschedule(self: &Arc<Self>) {
+        self.update(|_| true);
+    }
 
-impl Tried {
-    /// Records an attempt on backend `i` (beyond 11, the oldest is kept).
-    pub fn add(&mut self, i: usize) {
-        if self.len < self.list.len() {
-            self.list[self.len] = i;
-            self.len += 1;
+    /// The one reconciliation: `change` edits the sources (under the lock
+    /// every change takes) and says whether the table may differ; if so, a
+    /// new snapshot is built from them, keeping the state of every backend
+    /// present before and after, and swapped in. Returns what `change`
+    /// said.
+    pub fn update(self: &Arc<Self>, change: impl FnOnce(&mut Sources) -> bool) -> bool {
+        let mut sources = self.lock_sources();
+        if !change(&mut sources) {
+            return false;
+        }
+        let old = self.snapshot();
+        let (snapshot, fresh) = build(&sources, Some(&old), &self.baselines);
+        self.current.store(Arc::new(snapshot));
+        self.start_monitors(&fresh);
+        crate::discovery::sync(self, &sources);
+        true
+    }
+
+    /// Reads the sources (under the table's lock, so briefly).
+    pub fn with_sources<R>(&self, read: impl FnOnce(&Sources) -> R) -> R {
+        read(&self.lock_sources())
+    }
+
+    fn lock_sources(&self) -> MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What `backend`'s monitors run with, while it is in the table.
+    fn watch(&self, backend: &Arc<Backend>) -> Option<Run> {
+        let snap = self.current.load();
+        let up = snap
+            .upstreams
+            .iter()
+            .find(|u| u.backends.iter().any(|b| Arc::ptr_eq(b, backend)))?;
+        Some(Run {
+            config: Arc::clone(&snap.config),
+            health_path: Arc::clone(&up.health_path),
+            client: self.monitor_client.clone(),
+        })
+    }
+
+    fn start_monitors(self: &Arc<Self>, fresh: &[Arc<Backend>]) {
+        let weak = Arc::downgrade(self);
+        let watch: Watch = Arc::new(move |b| weak.upgrade()?.watch(b));
+        let config = Arc::clone(&self.snapshot().config);
+        let (probe, poll) = (config.health.interval, config.agent.interval);
+        for (i, b) in fresh.iter().enumerate() {
+            let n = fresh.len();
+            health::spawn(Arc::clone(&watch), Arc::downgrade(b), probe, i, n);
+            agent_poll::spawn(Arc::clone(&watch), Arc::downgrade(b), poll, i, n);
+            let conns = Arc::downgrade(&b.conns);
+            let (watch, backend) = (Arc::clone(&watch), Arc::downgrade(b));
+            conns::spawn_sweeper(conns, move || {
+                let run = watch(&backend.upgrade()?)?;
+                Some(run.config.timeouts.idle)
+            });
         }
     }
-
-    /// Whether backend `i` was tried.
-    pub fn contains(&self, i: usize) -> bool {
-        self.list[..self.len].contains(&i)
-    }
 }
 
-/// How many of `snap`'s backends in rotation are down or ejected at `now`,
-/// and how many are in rotation.
-fn out_of(snap: &Snapshot, now: tokio::time::Instant) -> (usize, usize) {
-    let rotating = snap.backends.iter().filter(|b| b.rotation.in_rotation());
-    let out = rotating
-        .clone()
-        .filter(|b| !b.is_up() || b.is_ejected(now))
-        .count();
-    (out, rotating.count())
+/// Builds the snapshot `sources` describe, carrying over what `old` holds;
+/// returns it with the backends that are new (they need monitors).
+fn build(
+    sources: &Sources,
+    old: Option<&Snapshot>,
+    baselines: &Arc<Baselines>,
+) -> (Snapshot, Vec<Arc<Backend>>) {
+    let config = &sources.config;
+    let mut fresh = Vec::new();
+    let desired = sources.desired();
+    let upstreams: Vec<Upstream> = desired
+        .into_iter()
+        .map(|d| upstream(d, config, old, baselines, &mut fresh))
+        .collect();
+    let router = Router::new(&config.routes, |name| sources.pool_index(name).unwrap_or(0));
+    let backends = upstreams
+        .iter()
+        .flat_map(|u| u.backends.iter().cloned())
+        .collect();
+    let snapshot = Snapshot {
+        config: Arc::clone(config),
+        router,
+        upstreams,
+        backends,
+    };
+    (snapshot, fresh)
 }
 
-fn schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
-    let weights: Vec<u32> = backends.iter().map(|b| b.effective_weight()).collect();
-    select::wrr_schedule(&weights)
-}
-
-fn start_monitors(pool: &Arc<Pool>, backend: &Arc<Backend>, slot: usize, of: usize) {
-    health::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
-    agent_poll::spawn(Arc::downgrade(pool), Arc::downgrade(backend), slot, of);
-    let conns = Arc::downgrade(&backend.conns);
-    let (pool, backend) = (Arc::downgrade(pool), Arc::downgrade(backend));
-    conns::spawn_sweeper(conns, move || {
-        let (pool, backend) = (pool.upgrade()?, backend.upgrade()?);
-        let snap = pool.snapshot();
-        let held = snap.backends.iter().any(|b| Arc::ptr_eq(b, &backend));
-        held.then_some(snap.config.timeouts.idle)
-    });
+/// One upstream as `d` describes it, its members carried over from `old`
+/// where they were there already (new ones are pushed to `fresh`).
+fn upstream(
+    d: Desired,
+    config: &Config,
+    old: Option<&Snapshot>,
+    baselines: &Arc<Baselines>,
+    fresh: &mut Vec<Arc<Backend>>,
+) -> Upstream {
+    let (rise, fall) = (config.health.rise, config.health.fall);
+    let backends = d
+        .members
+        .iter()
+        .map(|(cfg, origin)| {
+            let before = old.and_then(|o| o.backends.iter().find(|b| b.addr == cfg.addr));
+            match before {
+                Some(b)
+                    if b.agent == cfg.agent
+                        && b.weight == cfg.weight
+                        && b.pool == d.name
+                        && b.origin == *origin =>
+                {
+                    Arc::clone(b)
+                }
+                Some(b) => {
+                    let b = Backend::succeed(b, cfg).in_pool(Arc::clone(&d.name), *origin);
+                    let b = Arc::new(b);
+                    fresh.push(Arc::clone(&b));
+                    b
+                }
+                None => {
+                    let b = Backend::new(cfg, rise, fall, baselines);
+                    let b = Arc::new(b.in_pool(Arc::clone(&d.name), *origin));
+                    // Added while running: it ramps up (backends present
+                    // at start do not, as in HAProxy).
+                    if old.is_some() {
+                        b.begin_slow_start(tokio::time::Instant::now());
+                    }
+                    fresh.push(Arc::clone(&b));
+                    b
+                }
+            }
+        })
+        .collect();
+    let carried = old
+        .and_then(|o| o.upstream(&d.name))
+        .map_or_else(Arc::default, |u| Arc::clone(u.carried()));
+    Upstream::new(d.name, d.strategy, d.health_path, backends, carried)
 }
 
 #[cfg(test)]
@@ -471,6 +337,8 @@ mod tests {
     use std::time::Duration;
 
     use http::StatusCode;
+
+    use crate::outcome::Outcome;
 
     /// A pool of `n` backends nobody listens on, with probes and polls too
     /// rare to interfere, and `extra` lines of configuration.
@@ -486,22 +354,23 @@ mod tests {
         Pool::start(Config::parse(&text, std::path::Path::new("t.toml")).unwrap())
     }
 
-    /// Which backends 2000 picks reach.
-    fn reached(pool: &Pool, snap: &Snapshot) -> Vec<bool> {
+    /// Which backends of the default pool 2000 picks reach.
+    fn reached(_pool: &Pool, snap: &Snapshot) -> Vec<bool> {
         let mut seen = vec![false; snap.backends.len()];
         let mut rng = fastrand::Rng::with_seed(5);
         for _ in 0..2000 {
-            if let Some(i) = pool.choose(snap, &Tried::default(), &mut rng) {
+            let up = &snap.upstreams[0];
+            if let Some(i) = up.choose(&snap.config, &Tried::default(), &mut rng, None) {
                 seen[i] = true;
             }
         }
         seen
     }
 
-    fn fail(pool: &Pool, snap: &Snapshot, i: usize, times: usize) {
+    fn fail(_pool: &Pool, snap: &Snapshot, i: usize, times: usize) {
         for _ in 0..times {
             let outcome = Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR);
-            pool.report(snap, i, outcome, None);
+            snap.upstreams[0].report(&snap.config, i, outcome, None);
         }
     }
 
@@ -522,12 +391,12 @@ mod tests {
         let ejected: Vec<bool> = snap.backends.iter().map(|b| b.is_ejected(now())).collect();
         assert_eq!(ejected, [true, true, false, false]);
         assert_eq!(reached(&pool, &snap), [false, false, true, true]);
-        assert!(!pool.in_panic(&snap));
+        assert!(!snap.in_panic());
 
         // One more out by health: 3 of 4, over the limit. Panic: the
         // ejected take traffic again, the down one stays out.
         snap.backends[3].mark_down();
-        assert!(pool.in_panic(&snap));
+        assert!(snap.in_panic());
         assert_eq!(reached(&pool, &snap), [true, true, true, false]);
         // And nothing more is ejected meanwhile.
         fail(&pool, &snap, 2, 10);
@@ -550,12 +419,12 @@ mod tests {
         // panic (the two in maintenance are not failures).
         fail(&pool, &snap, 2, 5);
         assert!(snap.backends[2].is_ejected(tokio::time::Instant::now()));
-        assert!(!pool.in_panic(&snap));
+        assert!(!snap.in_panic());
         assert_eq!(reached(&pool, &snap), [false, false, false, true]);
         // The other down: panic. The ejected one takes traffic again; the
         // operator's two stay out.
         snap.backends[3].mark_down();
-        assert!(pool.in_panic(&snap));
+        assert!(snap.in_panic());
         assert_eq!(reached(&pool, &snap), [false, false, true, false]);
     }
 
@@ -576,7 +445,7 @@ mod tests {
         );
         snap.backends[0].mark_down();
         snap.backends[1].mark_down();
-        assert!(!off.in_panic(&snap), "no ejection, no panic mode");
+        assert!(!snap.in_panic(), "no ejection, no panic mode");
     }
 
     #[tokio::test]
@@ -619,7 +488,10 @@ mod tests {
         }
         let mut rng = fastrand::Rng::with_seed(3);
         for _ in 0..2000 {
-            let i = pool.choose(&snap, &tried, &mut rng).expect("59 left");
+            let up = &snap.upstreams[0];
+            let i = up
+                .choose(&snap.config, &tried, &mut rng, None)
+                .expect("59 left");
             assert!(!(64..70).contains(&i) && i >= 5, "picked tried backend {i}");
         }
     }

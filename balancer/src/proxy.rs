@@ -131,6 +131,10 @@ async fn forward(
 
     let accepted = compress::accepted(&parts.headers, &config.compression);
     let host = host::settle(&parts.uri, &mut parts.headers)?;
+    let upstream = snap.route(
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        parts.uri.path(),
+    );
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, peer, host);
     // Without one from the client (HTTP/1.0), each attempt names its own
@@ -171,7 +175,8 @@ async fn forward(
             target: path,
             attempt,
         };
-        let Some(i) = pool.choose_for(&snap, &tried, &mut rng, Some(asked)) else {
+        let Some(i) = upstream.choose(config, &tried, &mut rng, Some((&pool.decisions, asked)))
+        else {
             if let Some(record) = log {
                 record.none_left();
             }
@@ -182,11 +187,11 @@ async fn forward(
             break;
         }
         tried.add(i);
-        let backend = &snap.backends[i];
+        let backend = &upstream.backends[i];
         let mut guard = backend.start_request(class);
         if let Some(record) = log {
-            let strategy = config.balance.strategy.name();
-            let panic = pool.panicking();
+            let strategy = upstream.strategy.name();
+            let panic = upstream.panicking();
             guard.report_time_to(record.attempt(backend.addr, attempt, strategy, panic));
         }
 
@@ -239,7 +244,7 @@ async fn forward(
             Ok(Ok((resp, _))) if !upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // Dropping the response and its lease closes the connection.
                 let e = ProxyError::switched_unasked(backend.addr);
-                pool.report(&snap, i, Outcome::Protocol, Some(e.to_string()));
+                upstream.report(config, i, Outcome::Protocol, Some(e.to_string()));
                 last_error = e;
                 if idempotent && !has_body {
                     continue;
@@ -247,7 +252,7 @@ async fn forward(
                 break;
             }
             Ok(Ok((resp, lease))) => {
-                pool.report(&snap, i, Outcome::Response(resp.status()), None);
+                upstream.report(config, i, Outcome::Response(resp.status()), None);
                 let timer = pool.requests.timer(resp.status(), arrived);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     // A tunnel's life is not a request's time: counted now.
@@ -271,7 +276,7 @@ async fn forward(
                     addr: backend.addr,
                     after: timeout,
                 };
-                pool.report(&snap, i, Outcome::Timeout, Some(e.to_string()));
+                upstream.report(config, i, Outcome::Timeout, Some(e.to_string()));
                 return Err(e);
             }
         };
@@ -283,7 +288,7 @@ async fn forward(
         }
         let why = error_chain(&err.error);
         let outcome = Outcome::of_send_error(&err.error);
-        pool.report(&snap, i, outcome, Some(why.clone()));
+        upstream.report(config, i, outcome, Some(why.clone()));
         if let Some(client) = limits::body::client_fault(&err.error) {
             return Err(client.into());
         }

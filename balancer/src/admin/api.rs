@@ -66,19 +66,25 @@ impl Action {
 /// (`%5B::1%5D:8000`, `%3A` for `:`), as clients differ.
 pub(super) fn target(path: &str) -> Option<(String, String)> {
     let (addr, action) = path.strip_prefix("/backends/")?.split_once('/')?;
-    let addr = addr
+    let addr = decode_addr(addr);
+    (!addr.is_empty() && !action.contains('/')).then(|| (addr, action.to_owned()))
+}
+
+/// A backend address from a path segment: `[`, `]` and `:` may come
+/// percent-encoded.
+pub(super) fn decode_addr(segment: &str) -> String {
+    segment
         .replace("%5B", "[")
         .replace("%5b", "[")
         .replace("%5D", "]")
         .replace("%5d", "]")
         .replace("%3A", ":")
-        .replace("%3a", ":");
-    (!addr.is_empty() && !action.contains('/')).then(|| (addr, action.to_owned()))
+        .replace("%3a", ":")
 }
 
 /// Answers `req`, whose path is `/backends/{addr}/{action}`.
 pub(super) async fn handle(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     req: Request<Incoming>,
     addr: &str,
     action: &str,
@@ -136,7 +142,7 @@ fn set_state(backend: &Arc<Backend>, state: AdminState) -> Response<Full<Bytes>>
     answer(backend)
 }
 
-fn set_weight(pool: &Pool, backend: &Arc<Backend>, weight: u32) -> Response<Full<Bytes>> {
+fn set_weight(pool: &Arc<Pool>, backend: &Arc<Backend>, weight: u32) -> Response<Full<Bytes>> {
     // The file's own weight is no override: setting it back clears it.
     let weight_override = (weight != backend.weight).then_some(weight);
     let was = backend.effective_weight();
@@ -232,7 +238,7 @@ fn answer(b: &Backend) -> Response<Full<Bytes>> {
 }
 
 /// `status` with `why` as a one-line plain-text body.
-fn plain(status: StatusCode, why: String) -> Response<Full<Bytes>> {
+pub(super) fn plain(status: StatusCode, why: String) -> Response<Full<Bytes>> {
     let one_line: String = why.lines().next().unwrap_or("").to_owned();
     let mut r = Response::new(Full::new(Bytes::from(one_line + "\n")));
     *r.status_mut() = status;

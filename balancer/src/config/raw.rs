@@ -162,6 +162,7 @@ pub(super) struct RawTimeouts {
 pub(super) struct RawAdmin {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) heartbeat: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -113,7 +113,7 @@ impl Collector for PoolCollector {
         };
         let snap = pool.snapshot();
         crate::backend::metrics::encode(&snap, &mut enc)?;
-        pool.encode_metrics(&snap, &mut enc)?;
+        snap.encode_metrics(&mut enc)?;
         pool.budget.encode_metrics(&mut enc)?;
         crate::access_log::encode_metrics(&mut enc)
     }
