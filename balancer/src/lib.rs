@@ -16,8 +16,18 @@
 //!   ([`redirect`]: plain HTTP sent to `https://` instead);
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
-//! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
-//!   reload; [`backend`]: one backend's atomics and health counter.
+//! - [`router`]: which pool a request goes to, by host and path prefix
+//!   (pure, table-tested).
+//! - [`upstream`]: one pool: its backends, its strategy and round-robin
+//!   turn; it chooses a backend and takes each attempt's outcome (one
+//!   call).
+//! - [`pool`]: the live table (router and upstreams) behind an `ArcSwap`,
+//!   swapped whole by its one reconciliation; [`sources`]: what the table
+//!   is built from (the configuration, DNS answers, registrations) and the
+//!   members each pool should have; [`registry`]: self-registered
+//!   backends, their heartbeats and withdrawal; [`discovery`]: the DNS
+//!   discovery tasks of the pools that have a `discover` name;
+//!   [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot;
 //!   [`latency`]: the measured slowness `least-loaded` weighs;
 //!   [`decisions`]: the last choices made and why, sampled.
