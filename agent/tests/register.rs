@@ -186,9 +186,16 @@ struct Agent {
 }
 
 impl Agent {
+    /// The agent on `127.0.0.1:0` with `args`.
     fn start(args: &[&str]) -> Agent {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Agent::start_exactly(&all)
+    }
+
+    /// The agent with these `args` and no others.
+    fn start_exactly(args: &[&str]) -> Agent {
         let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -515,6 +522,56 @@ async fn a_failed_withdrawal_is_logged_and_the_agent_exits_0() {
         .wait_log(Duration::from_secs(5), &["withdrawal refused", "500"])
         .await;
     assert!(line.contains("missed heartbeats"), "{line}");
+}
+
+/// The commented example in `deploy/agent.service` works as written, once
+/// pointed at the fake balancer and at files where systemd would put the
+/// credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_units_registration_example_registers() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.service");
+    let unit = std::fs::read_to_string(unit).expect("read deploy/agent.service");
+    let line = unit
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("#ExecStart=")
+                .filter(|l| l.contains("--register"))
+        })
+        .expect("a commented ExecStart= with --register");
+    assert!(
+        unit.contains("#LoadCredential=admin.token:/etc/balancer/admin.token"),
+        "{unit}"
+    );
+
+    let admin = Admin::start(Posts::Accept(500)).await;
+    let token = Token::new("unit", TOKEN);
+    let dir = token
+        .0
+        .parent()
+        .expect("dir")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::write(
+        token.0.with_file_name("agent.key"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("write key");
+    let line = line
+        .replace("${CREDENTIALS_DIRECTORY}", &dir)
+        .replace("http://10.0.0.10:9000", &admin.url())
+        .replace("0.0.0.0:9100", "127.0.0.1:0");
+    let mut args = line.split_whitespace();
+    assert_eq!(args.next(), Some("/usr/local/bin/agent"));
+    let agent = Agent::start_exactly(&args.collect::<Vec<_>>());
+    let load = agent.load_addr().await;
+
+    let seen = admin
+        .wait_for(Duration::from_secs(20), |s| !s.is_empty())
+        .await;
+    assert_eq!(seen[0].auth.as_deref(), Some(&*format!("Bearer {TOKEN}")));
+    let want =
+        serde_json::json!({"addr": "10.0.0.11:8000", "agent": load, "weight": 1, "pool": "api"});
+    assert_eq!(seen[0].body, want);
 }
 
 #[test]
