@@ -51,23 +51,43 @@ struct Args {
     register: Option<agent::register::AdminUrl>,
     /// The backend to register: this host's IP and the port its server
     /// listens on, as the balancer should reach it (e.g. 10.0.0.11:8000).
-    #[arg(long, value_name = "ADDR", help_heading = "Self-registration",
-          requires = "register", value_parser = agent::register::reachable_addr)]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = agent::register::reachable_addr,
+    )]
     advertise: Option<SocketAddr>,
     /// Where the balancer should poll this agent; default: --listen, or,
     /// when that is 0.0.0.0/[::], the --advertise IP with the --listen port.
-    #[arg(long, value_name = "ADDR", help_heading = "Self-registration",
-          requires = "register", value_parser = agent::register::reachable_addr)]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = agent::register::reachable_addr,
+    )]
     advertise_agent: Option<SocketAddr>,
     /// The balancer pool ([[pool]] name) to join; default: the balancer's
     /// default pool.
-    #[arg(long, value_name = "NAME", help_heading = "Self-registration",
-          requires = "register", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
+    )]
     pool: Option<String>,
     /// The backend's weight, 1..=1000 as in lb.toml; default: the
     /// balancer's (1).
-    #[arg(long, value_name = "N", help_heading = "Self-registration",
-          requires = "register", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = clap::value_parser!(u32).range(1..=1000),
+    )]
     weight: Option<u32>,
     /// The balancer's admin bearer token (the same file as its [admin]
     /// token_file), read once at start, trailing newline trimmed.
