@@ -6,12 +6,15 @@
 //! - [`sample`]: the sampler (host-wide via `sysinfo`, or the cgroup's quota
 //!   and limit) and the [`Monitor`] that keeps its latest report.
 //! - `cgroup` (private): finding and reading cgroup v1/v2 files.
+//! - [`register`]: self-registration with a balancer's admin API
+//!   (`--register`): announce, heartbeat, withdraw on shutdown.
 //! - this file: the HTTP server, [`run`] and [`serve`].
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 mod cgroup;
+pub mod register;
 pub mod report;
 pub mod sample;
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agent::register::{self, Registration, Token};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -35,6 +36,68 @@ struct Args {
     /// status page); default: this machine's.
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
+    /// Register this host's backend with the balancer whose admin listener
+    /// is at URL (http://IP:port; plain HTTP only), heartbeat it, and
+    /// withdraw it on SIGTERM or Ctrl-C, waiting (up to 60 s, serving
+    /// /load meanwhile) for the balancer to drain it. Needs --advertise
+    /// and --token-file; failures are logged and retried.
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Self-registration",
+        requires = "advertise",
+        requires = "token_file"
+    )]
+    register: Option<agent::register::AdminUrl>,
+    /// The backend to register: this host's IP and the port its server
+    /// listens on, as the balancer should reach it (e.g. 10.0.0.11:8000).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = agent::register::reachable_addr,
+    )]
+    advertise: Option<SocketAddr>,
+    /// Where the balancer should poll this agent; default: --listen, or,
+    /// when that is 0.0.0.0/[::], the --advertise IP with the --listen port.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = agent::register::reachable_addr,
+    )]
+    advertise_agent: Option<SocketAddr>,
+    /// The balancer pool ([[pool]] name) to join; default: the balancer's
+    /// default pool.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
+    )]
+    pool: Option<String>,
+    /// The backend's weight, 1..=1000 as in lb.toml; default: the
+    /// balancer's (1).
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Self-registration",
+        requires = "register",
+        value_parser = clap::value_parser!(u32).range(1..=1000),
+    )]
+    weight: Option<u32>,
+    /// The balancer's admin bearer token (the same file as its [admin]
+    /// token_file), read once at start, trailing newline trimmed.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "Self-registration",
+        requires = "register"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +114,14 @@ fn main() -> ExitCode {
         Ok(key) => key,
         Err(e) => {
             eprintln!("agent: --key-file {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let token = match args.token_file.as_deref().map(Token::read).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("agent: --token-file {e}");
             return ExitCode::from(2);
         }
     };
@@ -79,7 +150,22 @@ fn main() -> ExitCode {
             key,
             hostname: args.hostname,
         };
-        match agent::run_with(listener, options, shutdown_signal()).await {
+        let shutdown = shutdown_signal();
+        let served = match (args.register, args.advertise, token) {
+            (Some(admin), Some(addr), Some(token)) => {
+                let listen = listener.local_addr().unwrap_or(args.listen);
+                let agent = args
+                    .advertise_agent
+                    .unwrap_or_else(|| register::agent_addr(listen, addr));
+                let pool = args.pool.as_deref();
+                let registration = Registration::new(admin, addr, agent, args.weight, pool, token);
+                // Serve /load until the registration is withdrawn: the
+                // balancer polls it while it drains the backend.
+                agent::run_with(listener, options, registration.run(shutdown)).await
+            }
+            _ => agent::run_with(listener, options, shutdown).await,
+        };
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("agent: {e}");
