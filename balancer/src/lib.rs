@@ -12,6 +12,8 @@
 //!   N threads, one single-threaded runtime each.
 //! - [`host`]: which host a request is for (one `Host`, the authority
 //!   first).
+//! - [`router`]: the `[[route]]`s, in match order: host and path to the
+//!   upstream (pool) a request goes to.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond
 //!   ([`redirect`]: plain HTTP sent to `https://` instead);
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
@@ -68,6 +70,7 @@ pub mod recent;
 pub mod redirect;
 pub mod request_body;
 pub mod rotation;
+pub mod router;
 pub mod select;
 pub mod server;
 pub mod slow_start;
