@@ -83,8 +83,7 @@ impl Router {
             })
             .collect();
         // Stable: equal keys keep file order.
-        routes
-            .sort_by(|a, b| (b.host.rank(), b.prefix.len()).cmp(&(a.host.rank(), a.prefix.len())));
+        routes.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
         Router {
             routes: routes.into(),
         }
