@@ -380,3 +380,75 @@ fn errors_name_the_line_the_key_and_the_valid_values() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_route_may_name_a_pool_defined_after_it() {
+    let c = parse(&format!(
+        "{MINIMAL}[[route]]\npath_prefix = \"/b/\"\npool = \"b\"\n\
+         [[pool]]\nname = \"b\"\nbackends = [\"10.0.1.2:80\"]\n"
+    ))
+    .unwrap();
+    assert_eq!((c.routes[0].pool.as_str(), c.routes[0].line), ("b", 3));
+}
+
+/// The README's example, and its table of which request goes where.
+#[test]
+fn the_readme_example_routes_as_documented() {
+    let c = parse(
+        r#"
+listen = "0.0.0.0:8080"
+backends = ["10.0.0.11:8000", "10.0.0.12:8000"]   # the "default" pool
+
+[[pool]]
+name = "api"
+backends = ["10.0.1.11:8000", { addr = "10.0.1.12:8000", weight = 2 }]
+strategy = "least-connections"
+health_path = "/ready"
+
+[[pool]]
+name = "search"
+discover = "search.service.consul:8080"   # every A/AAAA address, on port 8080
+resolve_every = "10s"
+
+[[pool]]
+name = "static"
+discover = "srv:_http._tcp.static.service.consul"   # SRV: targets and their ports
+
+[[route]]
+host = "api.example.com"
+pool = "api"
+
+[[route]]
+host = "api.example.com"
+path_prefix = "/search/"
+pool = "search"
+
+[[route]]
+host = "*.cdn.example.com"
+pool = "static"
+
+[[route]]
+path_prefix = "/assets/"
+pool = "static"
+
+[dns]
+nameservers = ["10.0.0.2:53", "10.0.0.3"]   # for discover; default: /etc/resolv.conf
+"#,
+    )
+    .unwrap();
+    let index_of = |name: &str| match name {
+        DEFAULT_POOL => 0,
+        other => 1 + c.pools.iter().position(|p| p.name == other).unwrap(),
+    };
+    let r = Router::new(&c.routes, index_of);
+    let pool = |host, path| match r.route(Some(host), path) {
+        0 => DEFAULT_POOL,
+        i => c.pools[i - 1].name.as_str(),
+    };
+    assert_eq!(pool("api.example.com", "/search/q"), "search");
+    assert_eq!(pool("api.example.com", "/assets/x.css"), "api");
+    assert_eq!(pool("img.cdn.example.com", "/a.png"), "static");
+    assert_eq!(pool("cdn.example.com", "/"), "default");
+    assert_eq!(pool("www.example.com", "/assets/x.css"), "static");
+    assert_eq!(pool("www.example.com", "/"), "default");
+}
