@@ -7,7 +7,6 @@
 //! (`SocketAddr`, `Duration`, enums), so nothing downstream ever looks at a
 //! string again, and every error can point at the exact place in the file.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -23,6 +22,7 @@ mod log;
 mod pools;
 mod raw;
 mod resilience;
+mod routes;
 mod secrets;
 mod tls;
 pub use limits::RatePerIp;
@@ -296,7 +296,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| invalid(e.span(), e.message().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        validate(raw, base).map_err(|e| invalid(Some(e.span), e.message))
+        validate(raw, base, text).map_err(|e| invalid(Some(e.span), e.message))
     }
 
     /// A short human summary, printed by `balancer --check`.
@@ -314,6 +314,7 @@ impl Config {
         for b in &self.backends {
             let _ = writeln!(s, "  {} (agent {}, weight {})", b.addr, b.agent, b.weight);
         }
+        s.push_str(&self.pools_summary());
         let h = &self.health;
         let _ = writeln!(
             s,
@@ -411,8 +412,9 @@ pub const DEFAULT_TYPES: &[&str] = &[
 ];
 
 /// `base`: the config file's directory, against which relative
-/// certificate paths are resolved.
-fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
+/// certificate paths are resolved; `text`: the file, for the line numbers
+/// errors and routes quote.
+fn validate(raw: RawConfig, base: &Path, text: &str) -> Check<Config> {
     let listen = addr("listen", &raw.listen)?;
 
     let agent = AgentPoll {
@@ -422,54 +424,9 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
         key: secrets::agent_key(&raw.agent)?,
     };
 
-    let list_span = raw.backends.span();
-    let entries = raw.backends.into_inner();
-    if entries.is_empty() {
-        return err(
-            list_span,
-            "backends: the list is empty; name at least one backend as \"IP:port\"".into(),
-        );
-    }
-    let mut backends = Vec::with_capacity(entries.len());
-    let mut seen = HashSet::new();
-    for (i, entry) in entries.into_iter().enumerate() {
-        let entry_span = entry.span();
-        let b = entry.into_inner();
-        let key = format!("backends[{i}]");
-        // A plain-string entry has an empty span: point at the entry itself.
-        let addr_spanned = if b.addr.span().is_empty() {
-            Spanned::new(entry_span.clone(), b.addr.into_inner())
-        } else {
-            b.addr
-        };
-        let a = addr(&key, &addr_spanned)?;
-        if !seen.insert(a) {
-            return err(entry_span, format!("{key}: {a} is listed twice"));
-        }
-        let agent_addr = match &b.agent {
-            Some(s) => addr(&format!("{key} agent"), s)?,
-            None => SocketAddr::new(a.ip(), agent.port),
-        };
-        let weight = int_in(&b.weight, &format!("{key} weight"), 1, 1..=1000)? as u32;
-        backends.push(BackendConfig {
-            addr: a,
-            agent: agent_addr,
-            weight,
-        });
-    }
-
     let strategy = match &raw.balance.strategy {
         None => Strategy::LeastLoaded,
-        Some(s) => s.get_ref().parse().or_else(|()| {
-            err(
-                s.span(),
-                format!(
-                    "[balance] strategy: unknown strategy {:?}; valid: {}",
-                    s.get_ref(),
-                    Strategy::NAMES
-                ),
-            )
-        })?,
+        Some(s) => strategy(s, "[balance] strategy")?,
     };
     let (slow_start, retry_budget) = resilience::balance(&raw.balance)?;
     let balance = Balance {
@@ -483,26 +440,33 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
     let health = Health {
         path: match &raw.health.path {
             None => "/health".into(),
-            Some(p)
-                if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) =>
-            {
-                p.get_ref().clone()
-            }
-            Some(p) => {
-                return err(
-                    p.span(),
-                    format!(
-                        "[health] path: {:?} must be an absolute path such as \"/health\"",
-                        p.get_ref()
-                    ),
-                )
-            }
+            Some(p) => health_path(p, "[health] path")?,
         },
         interval: duration(&raw.health.interval, "[health] interval", "1s")?,
         timeout: duration(&raw.health.timeout, "[health] timeout", "500ms")?,
         fall: int_in(&raw.health.fall, "[health] fall", 2, 1..=1000)? as u32,
         rise: int_in(&raw.health.rise, "[health] rise", 2, 1..=1000)? as u32,
     };
+
+    let pools::Pools {
+        backends,
+        pools,
+        routes,
+        dns,
+    } = pools::pools(
+        pools::Raw {
+            backends: raw.backends,
+            pools: raw.pool,
+            routes: raw.route,
+            dns: raw.dns,
+        },
+        &pools::Defaults {
+            agent_port: agent.port,
+            strategy,
+            health_path: &health.path,
+        },
+        text,
+    )?;
 
     let compression = compression(raw.compression)?;
 
@@ -565,10 +529,37 @@ fn validate(raw: RawConfig, base: &Path) -> Check<Config> {
         limits,
         tls,
         log,
-        pools: Vec::new(),
-        routes: Vec::new(),
-        dns: Dns::default(),
+        pools,
+        routes,
+        dns,
     })
+}
+
+/// A strategy's name (`[balance] strategy`, a pool's `strategy`).
+fn strategy(s: &Spanned<String>, key: &str) -> Check<Strategy> {
+    s.get_ref().parse().or_else(|()| {
+        err(
+            s.span(),
+            format!(
+                "{key}: unknown strategy {:?}; valid: {}",
+                s.get_ref(),
+                Strategy::NAMES
+            ),
+        )
+    })
+}
+
+/// A probe path (`[health] path`, a pool's `health_path`): absolute, no
+/// whitespace.
+fn health_path(p: &Spanned<String>, key: &str) -> Check<String> {
+    let path = p.get_ref();
+    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+        return Ok(path.clone());
+    }
+    err(
+        p.span(),
+        format!("{key}: {path:?} must be an absolute path such as \"/health\""),
+    )
 }
 
 fn compression(raw: RawCompression) -> Check<compress::Settings> {

@@ -12,12 +12,12 @@
 //!   N threads, one single-threaded runtime each.
 //! - [`host`]: which host a request is for (one `Host`, the authority
 //!   first).
+//! - [`router`]: the `[[route]]`s, in match order: host and path to the
+//!   upstream (pool) a request goes to.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond
 //!   ([`redirect`]: plain HTTP sent to `https://` instead);
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
-//! - [`router`]: which pool a request goes to, by host and path prefix
-//!   (pure, table-tested).
 //! - [`upstream`]: one pool: its backends, its strategy and round-robin
 //!   turn; it chooses a backend and takes each attempt's outcome (one
 //!   call).

@@ -32,6 +32,14 @@ pub(super) struct RawConfig {
     pub(super) tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub(super) log: RawLog,
+    /// `[[pool]]`, in file order.
+    #[serde(default)]
+    pub(super) pool: Vec<Spanned<RawPool>>,
+    /// `[[route]]`, in file order.
+    #[serde(default)]
+    pub(super) route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub(super) dns: RawDns,
 }
 
 /// A backend is `"IP:port"` or `{ addr = "IP:port", agent = "IP:port", weight = N }`.
@@ -209,4 +217,34 @@ pub(super) struct RawSni {
 pub(super) struct RawLog {
     pub(super) access: Option<Spanned<String>>,
     pub(super) format: Option<Spanned<String>>,
+}
+
+/// One `[[pool]]`. `name` is optional here only so that its absence gets
+/// an error pointing at the table, with the rules, rather than serde's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    pub(super) discover: Option<Spanned<String>>,
+    pub(super) resolve_every: Option<Spanned<String>>,
+    pub(super) strategy: Option<Spanned<String>>,
+    pub(super) health_path: Option<Spanned<String>>,
+}
+
+/// One `[[route]]` (`pool` optional here for the same reason as a pool's
+/// `name`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) path_prefix: Option<Spanned<String>>,
+    pub(super) pool: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    #[serde(default)]
+    pub(super) nameservers: Vec<Spanned<String>>,
 }
