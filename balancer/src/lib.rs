@@ -18,6 +18,8 @@
 //!   the request itself); [`request_body`]: the body sent upstream.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
 //!   reload; [`backend`]: one backend's atomics and health counter.
+//! - [`discover`]: a pool's backends from DNS (A/AAAA or SRV), resolved
+//!   again every `resolve_every`; a failed lookup keeps the last good set.
 //! - [`select`]: the strategies, pure functions over a snapshot;
 //!   [`latency`]: the measured slowness `least-loaded` weighs;
 //!   [`decisions`]: the last choices made and why, sampled.
@@ -52,6 +54,7 @@ pub mod config;
 pub mod conns;
 pub mod deadline;
 pub mod decisions;
+pub mod discover;
 pub mod error;
 pub mod health;
 pub mod host;
