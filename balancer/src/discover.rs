@@ -416,14 +416,10 @@ fn ip_of(data: &RData) -> Option<IpAddr> {
 fn classify(error: &ResolveError) -> Miss {
     let answered = error.proto().map(|p| p.kind());
     match answered {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. })
-            if matches!(
-                response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) =>
-        {
-            Miss::NotFound
-        }
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }) => Miss::NotFound,
         Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
             Miss::Failed(format!("the name server answered {response_code}"))
         }

@@ -164,13 +164,16 @@ fn label() -> Label {
     }
 }
 
+/// The sets a test's `apply` was handed, in order.
+type Applied = Arc<Mutex<Vec<Vec<SocketAddr>>>>;
+
 /// Starts `watch` over `script` on the (paused) test runtime; the applied
 /// sets are collected, and `apply` answers `keep` for each.
 fn start(
     script: &Arc<Script>,
     every: Duration,
     keep: impl Fn(usize) -> bool + Send + 'static,
-) -> (Arc<Mutex<Vec<Vec<SocketAddr>>>>, JoinHandle<()>) {
+) -> (Applied, JoinHandle<()>) {
     let applied = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&applied);
     let script = Arc::clone(script);
