@@ -156,6 +156,10 @@ impl Resolver {
     /// file cannot be read the log says so, once, and 127.0.0.1:53 is
     /// asked (as glibc does). `/etc/hosts` is not consulted: it would be
     /// read once and never again. Never panics.
+    ///
+    /// Use it from one runtime (the balancer's main one): hickory keeps
+    /// its TCP connections' background tasks on the runtime that opened
+    /// them.
     pub fn new(dns: &Dns) -> Resolver {
         let (config, mut opts) = if dns.nameservers.is_empty() {
             system()
@@ -224,7 +228,11 @@ impl Resolver {
     async fn resolve_uncapped(&self, target: &Discover) -> Result<(Vec<SocketAddr>, bool), Miss> {
         match target {
             Discover::Host { name, port } => {
-                let ips = ips(&self.inner, parse_name(name)?).await?;
+                let ips = match name.parse::<IpAddr>() {
+                    // An address written as the name: itself, no query.
+                    Ok(ip) => vec![ip],
+                    Err(_) => ips(&self.inner, parse_name(name)?).await?,
+                };
                 let addrs = ips.into_iter().map(|ip| SocketAddr::new(ip, *port));
                 Ok((addrs.collect(), false))
             }
@@ -341,7 +349,8 @@ fn servers(addrs: &[SocketAddr]) -> ResolverConfig {
 /// What discovery needs whatever the configuration says: bounded queries,
 /// no cache, no DNSSEC, no hosts file.
 fn tune(opts: &mut ResolverOpts) {
-    opts.timeout = opts.timeout.min(QUERY_TIMEOUT);
+    // resolv.conf may say `timeout:0`; a second is its own floor.
+    opts.timeout = opts.timeout.clamp(Duration::from_secs(1), QUERY_TIMEOUT);
     opts.attempts = opts.attempts.min(QUERY_ATTEMPTS);
     opts.positive_min_ttl = None;
     opts.negative_min_ttl = None;

@@ -57,6 +57,14 @@ async fn a_host_name_yields_every_a_and_aaaa_address_sorted_with_the_port() {
     );
     assert_eq!(dns.queries(), 2, "one A and one AAAA query");
 
+    let literal = resolver(&dns).lookup(&host("10.1.2.3", 80)).await;
+    assert_eq!(
+        literal.unwrap(),
+        addrs(&["10.1.2.3:80"]),
+        "an address is itself"
+    );
+    assert_eq!(dns.queries(), 2, "and needs no query");
+
     dns.set_host("v6.test", &["fd00::1"]);
     let found = resolver(&dns).lookup(&host("v6.test", 80)).await;
     assert_eq!(
@@ -86,6 +94,26 @@ async fn srv_names_yield_each_target_with_its_own_port() {
             "{name}: a target without addresses is skipped"
         );
     }
+}
+
+#[tokio::test]
+async fn an_answer_too_large_for_udp_is_asked_again_over_tcp() {
+    // Forty SRV records with glue: far past 512 bytes, as a headless
+    // Service with many pods answers.
+    let dns = FakeDns::start();
+    let names: Vec<String> = (0..40).map(|i| format!("t{i}.test")).collect();
+    let mut targets = Vec::new();
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        dns.set_host(name, &[&format!("10.0.2.{i}")]);
+        targets.push((name.as_str(), 9000 + i as u16));
+        expected.push(SocketAddr::from(([10, 0, 2, i as u8], 9000 + i as u16)));
+    }
+    dns.set_srv("_http._tcp.big.test", &targets, true);
+    let found = resolver(&dns).lookup(&srv("_http._tcp.big.test")).await;
+    expected.sort();
+    assert_eq!(found.unwrap(), expected);
+    assert!(dns.tcp_queries() >= 1, "the answer came over TCP");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! A DNS server for discovery tests: UDP on a loopback port the kernel
-//! picks, answering from a table the test changes at any time.
+//! A DNS server for discovery tests: UDP (and TCP, for truncated answers)
+//! on a loopback port the kernel picks, answering from a table the test
+//! changes at any time.
 //!
 //! - A/AAAA records for names ([`FakeDns::set_host`]), SRV records with
 //!   their targets' addresses in the additional section or left for a
@@ -7,16 +8,19 @@
 //! - Unknown names: NXDOMAIN, with the zone's SOA (as real servers send).
 //!   A known name without records of the type asked: an empty NOERROR.
 //! - [`FakeDns::set_servfail`]: every answer is SERVFAIL.
-//! - [`FakeDns::queries`]: how many queries arrived.
+//! - [`FakeDns::queries`]: how many queries arrived ([`FakeDns::tcp_queries`]:
+//!   over TCP).
 //!
 //! Every record has a TTL of an hour, so a resolver that caches shows it.
-//! The server runs on its own thread (so it answers whatever the test's
-//! runtime does, paused time included), reads one datagram at a time into
-//! a fixed buffer, and stops when dropped. Answers past 512 bytes are sent
-//! truncated (TC set, no records), as a server without EDNS does.
+//! The server runs on threads of its own (so it answers whatever the
+//! test's runtime does, paused time included), one datagram or one TCP
+//! connection at a time, into bounded buffers, and stops when dropped.
+//! UDP answers past 512 bytes are sent truncated (TC set, no records), as
+//! a server without EDNS does; the client is to ask again over TCP.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,10 +43,17 @@ const ZONE: &str = "test.";
 /// A running fake name server.
 pub struct FakeDns {
     pub addr: SocketAddr,
-    table: Arc<Mutex<Table>>,
-    queries: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What the test and the serving threads share.
+#[derive(Default)]
+struct Shared {
+    table: Mutex<Table>,
+    queries: AtomicUsize,
+    tcp_queries: AtomicUsize,
+    stop: AtomicBool,
 }
 
 #[derive(Default)]
@@ -57,28 +68,32 @@ struct SrvEntry {
     glue: bool,
 }
 
+/// How often the serving threads look at `stop`.
+const POLL: Duration = Duration::from_millis(20);
+
 impl FakeDns {
-    /// Starts a server on `127.0.0.1:0` with an empty table.
+    /// Starts a server on `127.0.0.1:0` (UDP, and TCP on the same port)
+    /// with an empty table.
     pub fn start() -> FakeDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // The thread looks at `stop` this often.
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let table = Arc::new(Mutex::new(Table::default()));
-        let queries = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (table, queries, stop) = (table.clone(), queries.clone(), stop.clone());
-            std::thread::spawn(move || serve(&socket, &table, &queries, &stop))
-        };
+        let (udp, tcp) = bind_both();
+        udp.set_read_timeout(Some(POLL)).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let addr = udp.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let threads = vec![
+            {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || serve_udp(&udp, &shared))
+            },
+            {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || serve_tcp(&tcp, &shared))
+            },
+        ];
         FakeDns {
             addr,
-            table,
-            queries,
-            stop,
-            thread: Some(thread),
+            shared,
+            threads,
         }
     }
 
@@ -93,7 +108,12 @@ impl FakeDns {
     /// others; an empty list keeps the name (empty answers, not NXDOMAIN).
     pub fn set_host(&self, name: &str, ips: &[&str]) {
         let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-        self.table.lock().unwrap().hosts.insert(key(name), ips);
+        self.shared
+            .table
+            .lock()
+            .unwrap()
+            .hosts
+            .insert(key(name), ips);
     }
 
     /// `name` has these SRV records (target, port); with `glue`, the
@@ -101,34 +121,56 @@ impl FakeDns {
     pub fn set_srv(&self, name: &str, targets: &[(&str, u16)], glue: bool) {
         let targets = targets.iter().map(|(t, p)| (key(t), *p)).collect();
         let entry = SrvEntry { targets, glue };
-        self.table.lock().unwrap().srv.insert(key(name), entry);
+        self.shared
+            .table
+            .lock()
+            .unwrap()
+            .srv
+            .insert(key(name), entry);
     }
 
     /// `name` no longer exists (NXDOMAIN).
     pub fn remove(&self, name: &str) {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.shared.table.lock().unwrap();
         table.hosts.remove(&key(name));
         table.srv.remove(&key(name));
     }
 
     /// With `on`, every query gets SERVFAIL.
     pub fn set_servfail(&self, on: bool) {
-        self.table.lock().unwrap().servfail = on;
+        self.shared.table.lock().unwrap().servfail = on;
     }
 
-    /// Queries received so far (each A, AAAA and SRV question counts).
+    /// Queries received so far, UDP and TCP (each A, AAAA and SRV
+    /// question counts).
     pub fn queries(&self) -> usize {
-        self.queries.load(Ordering::SeqCst)
+        self.shared.queries.load(Ordering::SeqCst)
+    }
+
+    /// Of [`FakeDns::queries`], those that came over TCP.
+    pub fn tcp_queries(&self) -> usize {
+        self.shared.tcp_queries.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for FakeDns {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
+}
+
+/// A UDP socket and a TCP listener on the same loopback port.
+fn bind_both() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()) {
+            return (udp, tcp);
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
 }
 
 /// Lowercase, without the trailing dot.
@@ -136,25 +178,62 @@ fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn serve(socket: &UdpSocket, table: &Mutex<Table>, queries: &AtomicUsize, stop: &AtomicBool) {
+fn serve_udp(socket: &UdpSocket, shared: &Shared) {
     let mut buf = [0u8; 4096];
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stop.load(Ordering::SeqCst) {
         let Ok((len, peer)) = socket.recv_from(&mut buf) else {
             continue; // the read timeout: look at `stop` again
         };
-        let Ok(request) = Message::from_vec(&buf[..len]) else {
-            continue; // not DNS: no answer, as a real server might
-        };
-        queries.fetch_add(1, Ordering::SeqCst);
-        let answer = answer(&request, &table.lock().unwrap());
-        if let Ok(bytes) = answer.to_vec() {
+        if let Some(bytes) = respond(&buf[..len], shared, Some(MAX_UDP)) {
             let _ = socket.send_to(&bytes, peer);
         }
     }
 }
 
+/// One connection at a time, each message framed by its 2-byte length
+/// (RFC 1035 §4.2.2); a connection idle for a second is closed.
+fn serve_tcp(listener: &TcpListener, shared: &Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let Ok((mut conn, _)) = listener.accept() else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        loop {
+            let mut len = [0u8; 2];
+            if conn.read_exact(&mut len).is_err() {
+                break;
+            }
+            let mut request = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if conn.read_exact(&mut request).is_err() {
+                break;
+            }
+            shared.tcp_queries.fetch_add(1, Ordering::SeqCst);
+            let Some(bytes) = respond(&request, shared, None) else {
+                break;
+            };
+            let Ok(len) = u16::try_from(bytes.len()) else {
+                break;
+            };
+            if conn.write_all(&len.to_be_bytes()).is_err() || conn.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The encoded answer to an encoded request (`None`: not DNS, no answer,
+/// as a real server might), truncated past `limit`.
+fn respond(request: &[u8], shared: &Shared, limit: Option<usize>) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    shared.queries.fetch_add(1, Ordering::SeqCst);
+    let answer = answer(&request, &shared.table.lock().unwrap(), limit);
+    answer.to_vec().ok()
+}
+
 /// The response to `request` from `table`.
-fn answer(request: &Message, table: &Table) -> Message {
+fn answer(request: &Message, table: &Table, limit: Option<usize>) -> Message {
     let mut response = Message::new();
     response
         .set_id(request.id())
@@ -188,7 +267,8 @@ fn answer(request: &Message, table: &Table) -> Message {
     response.set_response_code(ResponseCode::NoError);
     response.add_answers(answers);
     response.add_additionals(additionals);
-    if response.to_vec().map_or(0, |b| b.len()) > MAX_UDP {
+    let len = response.to_vec().map_or(0, |b| b.len());
+    if limit.is_some_and(|limit| len > limit) {
         response.take_answers();
         response.take_additionals();
         response.set_truncated(true);
