@@ -430,7 +430,12 @@ fn classify(error: &ResolveError) -> Miss {
             ..
         }) => Miss::NotFound,
         Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-            Miss::Failed(format!("the name server answered {response_code}"))
+            let code = match response_code {
+                ResponseCode::ServFail => "SERVFAIL".to_owned(),
+                ResponseCode::Refused => "REFUSED".to_owned(),
+                other => other.to_string(),
+            };
+            Miss::Failed(format!("the name server answered {code}"))
         }
         _ => Miss::Failed(error.to_string()),
     }
