@@ -26,7 +26,9 @@
 //!   is built from (the configuration, DNS answers, registrations) and the
 //!   members each pool should have; [`registry`]: self-registered
 //!   backends, their heartbeats and withdrawal; [`discovery`]: the DNS
-//!   discovery tasks of the pools that have a `discover` name;
+//!   discovery tasks of the pools that have a `discover` name, which
+//!   [`discover`] resolves (A/AAAA or SRV; a failed lookup keeps the last
+//!   good set);
 //!   [`backend`]: one backend's atomics and health counter.
 //! - [`select`]: the strategies, pure functions over a snapshot;
 //!   [`latency`]: the measured slowness `least-loaded` weighs;
@@ -62,6 +64,7 @@ pub mod config;
 pub mod conns;
 pub mod deadline;
 pub mod decisions;
+pub mod discover;
 pub mod discovery;
 pub mod error;
 pub mod health;

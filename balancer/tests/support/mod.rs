@@ -8,8 +8,11 @@
 //!   load-aware routing is tested against known loads.
 //! - [`Lb`]: the balancer, in-process, from a TOML snippet.
 //! - [`get`] and friends: a real HTTP client.
+//! - [`dns::FakeDns`]: a DNS server answering from a table, for discovery.
 
 #![allow(dead_code)]
+
+pub mod dns;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
