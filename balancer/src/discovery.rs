@@ -1,10 +1,109 @@
 //! Starts and stops the DNS discovery of the pools that have a `discover`
-//! name, and hands what it finds to the table's one reconciliation.
+//! name ([`crate::discover`] resolves and watches), and hands what it
+//! finds to the table's one reconciliation ([`Pool::update`]), as SIGHUP
+//! and registrations do.
+//!
+//! One task per discovering pool, keyed by the pool's name, its target and
+//! its period: a reload that keeps all three keeps the task (and its last
+//! good answer); one that changes any of them replaces it; one that
+//! removes the pool (or its `discover`) drops it, and with it the task.
+//! The resolver is built from `[dns]` and rebuilt when that changes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use crate::config::{Discover, Dns};
+use crate::discover::{self, Discovery, Resolver};
 use crate::pool::Pool;
 use crate::sources::Sources;
 
-/// Makes the running discovery tasks match `sources`' configuration.
-pub(crate) fn sync(_pool: &Arc<Pool>, _sources: &Sources) {}
+/// The running discovery tasks of a table.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    /// The resolver and the `[dns]` it was built from.
+    resolver: Option<(Dns, Arc<Resolver>)>,
+    /// By pool name: what the task resolves, how often, and its handle
+    /// (dropping it stops the task).
+    running: HashMap<String, (Discover, Duration, Discovery)>,
+}
+
+impl Tasks {
+    /// Makes the running tasks match `sources`' configuration: starts the
+    /// missing ones, replaces the changed ones, drops the others. Called
+    /// by the reconciliation, with the table's lock held.
+    pub(crate) fn sync(&mut self, pool: &Weak<Pool>, sources: &Sources) {
+        let config = &sources.config;
+        let wanted: Vec<_> = config
+            .pools
+            .iter()
+            .filter_map(|p| Some((&p.name, p.discover.as_ref()?, p.resolve_every)))
+            .collect();
+        self.running.retain(|name, (target, every, task)| {
+            !task.is_finished()
+                && wanted
+                    .iter()
+                    .any(|(n, t, e)| *n == name && *t == target && e == every)
+        });
+        if wanted.is_empty() {
+            return;
+        }
+        let resolver = match &self.resolver {
+            Some((dns, r)) if *dns == config.dns => Arc::clone(r),
+            _ => {
+                let r = Arc::new(Resolver::new(&config.dns));
+                self.resolver = Some((config.dns.clone(), Arc::clone(&r)));
+                // A new resolver: every task starts again with it.
+                self.running.clear();
+                r
+            }
+        };
+        for (name, target, every) in wanted {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            let apply = applier(pool.clone(), name.clone());
+            let task = discover::spawn(
+                Arc::clone(&resolver),
+                name.clone(),
+                target.clone(),
+                every,
+                apply,
+            );
+            self.running
+                .insert(name.clone(), (target.clone(), every, task));
+        }
+    }
+}
+
+/// What a discovery task does with a new set of addresses: hand it to the
+/// reconciliation as the pool's discovered members. `false` (stop) once
+/// the table or the pool is gone.
+fn applier(pool: Weak<Pool>, name: String) -> impl FnMut(Vec<SocketAddr>) -> bool + Send {
+    move |addrs| {
+        let Some(pool) = pool.upgrade() else {
+            return false;
+        };
+        let mut known = true;
+        pool.update(|s| {
+            if s.pool_index(&name).is_none() {
+                known = false;
+                return false;
+            }
+            tracing::info!(pool = %name, "DNS discovery: {} backend(s): {}", addrs.len(), list(&addrs));
+            let old = s.discovered.insert(name.clone(), addrs.clone());
+            old.as_ref() != Some(&addrs)
+        });
+        known
+    }
+}
+
+/// `addrs`, comma-separated, cut after 8.
+fn list(addrs: &[SocketAddr]) -> String {
+    let mut s: Vec<String> = addrs.iter().take(8).map(ToString::to_string).collect();
+    if addrs.len() > 8 {
+        s.push(format!("and {} more", addrs.len() - 8));
+    }
+    s.join(", ")
+}

@@ -35,7 +35,7 @@ use crate::monitor::{MonitorClient, Run, Watch};
 use crate::router::Router;
 use crate::sources::{Desired, Sources};
 use crate::upstream::Upstream;
-use crate::{agent_poll, health};
+use crate::{agent_poll, discovery, health};
 
 pub use crate::upstream::Tried;
 
@@ -96,6 +96,9 @@ pub struct Pool {
     /// (a reload, an admin change, a registration, a DNS answer), so that
     /// two changes never overwrite each other's work; never by a request.
     sources: Mutex<Sources>,
+    /// The DNS discovery tasks feeding `sources`; taken only inside the
+    /// reconciliation, after `sources`.
+    discovery: Mutex<discovery::Tasks>,
     /// The per-class latency baselines every backend is compared against;
     /// they outlive reloads, as the request classes do.
     baselines: Arc<Baselines>,
@@ -135,6 +138,7 @@ impl Pool {
             requests,
             current: ArcSwap::from_pointee(snapshot),
             sources: Mutex::new(sources),
+            discovery: Mutex::default(),
             baselines,
             monitor_client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
@@ -145,6 +149,7 @@ impl Pool {
             access_log,
         });
         pool.start_monitors(&fresh);
+        pool.sync_discovery(&pool.lock_sources());
         crate::registry::spawn_expiry(&pool);
         pool
     }
@@ -206,8 +211,17 @@ impl Pool {
         let (snapshot, fresh) = build(&sources, Some(&old), &self.baselines);
         self.current.store(Arc::new(snapshot));
         self.start_monitors(&fresh);
-        crate::discovery::sync(self, &sources);
+        self.sync_discovery(&sources);
         true
+    }
+
+    /// Starts and stops discovery tasks as `sources`' configuration says.
+    fn sync_discovery(self: &Arc<Self>, sources: &Sources) {
+        let mut tasks = self
+            .discovery
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.sync(&Arc::downgrade(self), sources);
     }
 
     /// Reads the sources (under the table's lock, so briefly).
