@@ -32,11 +32,24 @@ async fn agent(cpu: f64) -> std::net::SocketAddr {
     addr
 }
 
+const TOKEN: &str = "c3RhdHVzLXBhZ2UtdGVzdHMtb25seQ";
+
+/// The admin token file, in a directory of this test binary's own.
+fn token_file() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("balancer-status-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("admin.token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
 /// The rows of the backends table, as the page shows them.
 const ROWS: &str = r#"JSON.stringify([...document.querySelectorAll('#rows tr[data-addr]')].map(r => ({
     addr: r.dataset.addr, state: r.dataset.state,
     reason: r.querySelector('.reason').textContent,
     host: r.querySelector('.host').textContent,
+    origin: r.querySelector('.origin')?.textContent ?? '',
+    pool: r.querySelector('.pool')?.textContent ?? null,
     cpu: r.querySelector('td.cpu').textContent,
     rps: r.querySelector('td.rps').textContent,
     charts: r.querySelectorAll('svg.chart path').length })))"#;
@@ -93,12 +106,30 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         let a = agent(0.2 + 0.2 * i as f64).await;
         backends.push(format!("{{ addr = \"{}\", agent = \"{a}\" }}", h.addr));
     }
-    let lb = Lb::start(&format!(
-        "backends = [{}]\n[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
-         [agent]\ninterval = \"300ms\"\n",
-        backends.join(", ")
-    ))
+    let lb = Lb::start_with_admin(
+        &format!(
+            "backends = [{}]\n[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
+             [agent]\ninterval = \"300ms\"\n",
+            backends.join(", ")
+        ),
+        // A heartbeat longer than the test: the registration stays.
+        &format!(
+            "token_file = \"{}\"\nheartbeat = \"1h\"",
+            token_file().display()
+        ),
+    )
     .await;
+    // The fourth backend announces itself, with its agent.
+    let registered = Host::start("host-4");
+    let announcement = format!(
+        r#"{{"addr": "{}", "agent": "{}"}}"#,
+        registered.addr,
+        agent(0.3).await
+    );
+    let r = lb
+        .admin_call(http::Method::POST, "/backends", Some(TOKEN), &announcement)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     lb.wait_for_reports().await;
     // Steady traffic, so there are rates, latencies and decisions to show.
     let url = lb.url("/");
@@ -122,7 +153,7 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
     // request rate (the rate needs two polls of /status.json).
     let hostname = lb.status().await["backends"][0]["hostname"].clone();
     let live = wait_rows(&mut page, "live data", Duration::from_secs(30), |r| {
-        r.len() == 3
+        r.len() == 4
             && r.iter().all(|b| {
                 b["state"] == "up"
                     && b["cpu"].as_str().is_some_and(|c| c.contains('%'))
@@ -131,6 +162,18 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
             })
     })
     .await;
+    // The registered backend carries its badge; the listed ones none; one
+    // pool, so no pool names.
+    let reg = registered.addr.to_string();
+    for b in &live {
+        let want = if b["addr"] == reg.as_str() {
+            "registered"
+        } else {
+            ""
+        };
+        assert_eq!(b["origin"], want, "{live:#?}");
+        assert!(b["pool"].is_null(), "{live:#?}");
+    }
     if let Some(name) = hostname.as_str() {
         assert!(live.iter().all(|b| b["host"] == name), "{live:#?}");
     } else {
@@ -183,7 +226,7 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         let buttons = page
             .eval("document.querySelectorAll('button[data-action=drain]').length")
             .await;
-        if buttons.as_u64() == Some(3) {
+        if buttons.as_u64() == Some(4) {
             break;
         }
         assert!(Instant::now() < deadline, "no admin buttons: {buttons}");
