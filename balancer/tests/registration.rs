@@ -630,3 +630,18 @@ async fn a_backend_joining_and_leaving_under_steady_traffic_fails_no_request() {
     );
     assert!(seen.len() > joined + 20, "{} requests", seen.len());
 }
+
+#[tokio::test]
+async fn a_heartbeat_shortened_by_a_reload_applies_to_the_registrations_held() {
+    let listed = Host::start("listed");
+    let lb = start(&[&listed], "1h", "").await;
+    let new = Host::start("new");
+    let r = json(&register(&lb, new.addr, None, "").await, 201);
+    assert_eq!(r["heartbeat_ms"], 3_600_000, "{r}");
+    // Reloaded with a heartbeat of 200 ms: the silent registration goes
+    // after about 600 ms, not an hour.
+    lb.reload_with_admin(&lb_toml(&[&listed], ""), &admin_toml("200ms"));
+    let r = json(&register(&lb, new.addr, None, "").await, 200);
+    assert_eq!(r["heartbeat_ms"], 200, "{r}");
+    wait_gone(&lb, new.addr, Duration::from_secs(10)).await;
+}

@@ -203,9 +203,15 @@ impl Lb {
 
     /// Reloads with a new configuration body (same form as [`Lb::start`]).
     pub fn reload(&self, toml: &str) {
+        self.reload_with_admin(toml, &self.admin_extra);
+    }
+
+    /// [`Lb::reload`] with `admin` in the `[admin]` table instead of what
+    /// [`Lb::start_with_admin`] was given (for this reload only).
+    pub fn reload_with_admin(&self, toml: &str, admin: &str) {
         let config = config(&format!(
-            "listen = \"{}\"\n{toml}\n[admin]\nlisten = \"{}\"\n{}\n",
-            self.addr, self.admin, self.admin_extra
+            "listen = \"{}\"\n{toml}\n[admin]\nlisten = \"{}\"\n{admin}\n",
+            self.addr, self.admin
         ));
         self.balancer.reload(config);
     }
