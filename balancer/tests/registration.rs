@@ -437,6 +437,38 @@ async fn a_registered_backend_survives_a_reload_with_a_changed_lb_toml() {
     assert_eq!(e["origin"], "config", "{e}");
 }
 
+/// Starts `GET /delay?ms={ms}` through `lb` and sees it in flight at
+/// `target`: the listed backend `other` is drained through the admin API
+/// for that moment, so the request can go nowhere else. Resolves to the
+/// answer and when it came.
+async fn slow_request(
+    lb: &Lb,
+    other: SocketAddr,
+    target: SocketAddr,
+    ms: u64,
+) -> tokio::task::JoinHandle<(Resp, Instant)> {
+    let path = format!("/backends/{other}/drain");
+    let r = lb.admin_call(Method::POST, &path, Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = lb.url(&format!("/delay?ms={ms}"));
+    let slow = tokio::spawn(async move {
+        let r = get(&url).await;
+        (r, Instant::now())
+    });
+    wait_for(
+        lb,
+        target,
+        "the slow request in flight",
+        Duration::from_secs(10),
+        |e| e.is_some_and(|e| e["in_flight"] == 1),
+    )
+    .await;
+    let path = format!("/backends/{other}/enable");
+    let r = lb.admin_call(Method::POST, &path, Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    slow
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawing_drains_the_request_in_flight_before_removing_the_backend() {
     let listed = Host::start("listed");
@@ -445,27 +477,7 @@ async fn withdrawing_drains_the_request_in_flight_before_removing_the_backend() 
     assert_eq!(register(&lb, new.addr, None, "").await.status, 201);
     wait_healthy(&lb, new.addr).await;
 
-    // The listed backend drained for a moment, so the slow request can
-    // only go to the registered one.
-    let path = format!("/backends/{}/drain", listed.addr);
-    let r = lb.admin_call(Method::POST, &path, Some(TOKEN), "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let url = lb.url("/delay?ms=800");
-    let slow = tokio::spawn(async move {
-        let r = get(&url).await;
-        (r, Instant::now())
-    });
-    wait_for(
-        &lb,
-        new.addr,
-        "the slow request in flight",
-        Duration::from_secs(10),
-        |e| e.is_some_and(|e| e["in_flight"] == 1),
-    )
-    .await;
-    let path = format!("/backends/{}/enable", listed.addr);
-    let r = lb.admin_call(Method::POST, &path, Some(TOKEN), "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let slow = slow_request(&lb, listed.addr, new.addr, 800).await;
 
     let requests_before = entry(&lb, new.addr).await.unwrap()["requests"].clone();
     let leaving = new.addr.to_string();
@@ -516,6 +528,25 @@ async fn withdrawing_drains_the_request_in_flight_before_removing_the_backend() 
     assert_eq!(shares.count("listed"), 10, "{shares}");
     // Gone for good: withdrawing again finds nothing.
     assert_one_line(&withdraw(&lb, &new.addr.to_string()).await, 404);
+}
+
+#[tokio::test]
+async fn a_withdrawal_whose_drain_runs_out_answers_drained_false() {
+    let listed = Host::start("listed");
+    let lb = start(&[&listed], "1h", "[timeouts]\ndrain = \"300ms\"").await;
+    let new = Host::start("leaving");
+    assert_eq!(register(&lb, new.addr, None, "").await.status, 201);
+    wait_healthy(&lb, new.addr).await;
+    let slow = slow_request(&lb, listed.addr, new.addr, 3000).await;
+    let w = json(&withdraw(&lb, &new.addr.to_string()).await, 200);
+    assert_eq!(w["drained"], false, "{w}");
+    assert!(w["waited_ms"].as_u64().unwrap() >= 300, "{w}");
+    assert!(!slow.is_finished(), "the slow request ended before: {w}");
+    assert!(entry(&lb, new.addr).await.is_none(), "left the table");
+    // The request it held still completes: leaving the table drops no
+    // connection.
+    let (r, _) = slow.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "leaving".into()));
 }
 
 #[tokio::test]
