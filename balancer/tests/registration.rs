@@ -676,3 +676,64 @@ async fn a_heartbeat_shortened_by_a_reload_applies_to_the_registrations_held() {
     assert_eq!(r["heartbeat_ms"], 200, "{r}");
     wait_gone(&lb, new.addr, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_backend_registers_into_a_named_pool_and_takes_only_that_pools_traffic() {
+    let (d, a) = (Host::start("default-host"), Host::start("api-host"));
+    let api_pool = format!(
+        "[[pool]]\nname = \"api\"\nbackends = [{{ addr = \"{}\", agent = \"127.0.0.1:1\" }}]\n\
+         [[route]]\npath_prefix = \"/api/\"\npool = \"api\"\n",
+        a.addr
+    );
+    let lb = start(&[&d], "1h", &api_pool).await;
+    let new = Host::start("registered");
+    let r = json(
+        &register(&lb, new.addr, None, r#", "pool": "api""#).await,
+        201,
+    );
+    assert_eq!(r["pool"], "api", "{r}");
+    let e = wait_healthy(&lb, new.addr).await;
+    assert_eq!(
+        (&e["pool"], &e["origin"]),
+        (&"api".into(), &"registered".into()),
+        "{e}"
+    );
+    let pools = lb.status().await["pools"].clone();
+    assert_eq!(pools[1]["name"], "api", "{pools}");
+    assert_eq!(pools[1]["backends"], 2, "{pools}");
+
+    // The api pool's requests are shared with it; the default pool's not.
+    let seq = Seq::new();
+    let mut api = support::Shares::default();
+    for _ in 0..20 {
+        let r = get(&lb.url("/api/x")).await;
+        api.add(r.backend());
+    }
+    assert_eq!(api.count("registered"), 10, "{api}");
+    assert_eq!(api.count("api-host"), 10, "{api}");
+    let default = seq.tally(&lb.url("/"), 10).await;
+    assert_eq!(default.count("default-host"), 10, "{default}");
+
+    // A heartbeat naming another pool moves it there.
+    let r = json(&register(&lb, new.addr, None, "").await, 200);
+    assert_eq!(r["pool"], "default", "{r}");
+    assert_eq!(entry(&lb, new.addr).await.unwrap()["pool"], "default");
+    let default = seq.tally(&lb.url("/"), 10).await;
+    assert_eq!(default.count("registered"), 5, "{default}");
+
+    // Back in "api", then the pool leaves lb.toml on reload: so does it.
+    assert_eq!(
+        register(&lb, new.addr, None, r#", "pool": "api""#)
+            .await
+            .status,
+        200
+    );
+    lb.reload(&lb_toml(&[&d], ""));
+    assert!(
+        entry(&lb, new.addr).await.is_none(),
+        "{}",
+        lb.status().await
+    );
+    let r = register(&lb, new.addr, None, r#", "pool": "api""#).await;
+    assert_one_line(&r, 404);
+}

@@ -1,7 +1,9 @@
 //! The status page in a real browser (contract: `GET /status`, "updating
 //! live"): a headless Chromium, driven over the DevTools protocol, loads
-//! the page from a running cluster (three backends, each with a real agent,
-//! and the balancer, in-process), waits for live numbers, sees a killed
+//! the page from a running cluster (three listed backends, each with a real
+//! agent, in two pools, a fourth that registers itself through `POST
+//! /backends`, and the balancer, in-process), waits for live numbers, sees
+//! the registered backend's badge and every backend's pool, sees a killed
 //! backend turn down with its reason, sees the decisions and the admin
 //! buttons, and finds no error in the console. A screenshot is saved to
 //! `target/status-page.png` (the path is printed).
@@ -106,11 +108,14 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         let a = agent(0.2 + 0.2 * i as f64).await;
         backends.push(format!("{{ addr = \"{}\", agent = \"{a}\" }}", h.addr));
     }
+    // Two pools: host-1 and host-2 in the default one (all the traffic),
+    // host-3 in "api", where host-4 registers.
     let lb = Lb::start_with_admin(
         &format!(
             "backends = [{}]\n[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
-             [agent]\ninterval = \"300ms\"\n",
-            backends.join(", ")
+             [agent]\ninterval = \"300ms\"\n[[pool]]\nname = \"api\"\nbackends = [{}]\n",
+            backends[..2].join(", "),
+            backends[2]
         ),
         // A heartbeat longer than the test: the registration stays.
         &format!(
@@ -122,7 +127,7 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
     // The fourth backend announces itself, with its agent.
     let registered = Host::start("host-4");
     let announcement = format!(
-        r#"{{"addr": "{}", "agent": "{}"}}"#,
+        r#"{{"addr": "{}", "agent": "{}", "pool": "api"}}"#,
         registered.addr,
         agent(0.3).await
     );
@@ -162,17 +167,21 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
             })
     })
     .await;
-    // The registered backend carries its badge; the listed ones none; one
-    // pool, so no pool names.
+    // The registered backend carries its badge, the listed ones none; two
+    // pools, so each backend names its own.
     let reg = registered.addr.to_string();
+    let in_api = [hosts[2].addr.to_string(), reg.clone()];
     for b in &live {
-        let want = if b["addr"] == reg.as_str() {
-            "registered"
-        } else {
-            ""
-        };
+        let addr = b["addr"].as_str().unwrap_or_default();
+        let want = if addr == reg { "registered" } else { "" };
         assert_eq!(b["origin"], want, "{live:#?}");
-        assert!(b["pool"].is_null(), "{live:#?}");
+        let pool = b["pool"].as_str().unwrap_or_default();
+        let want = if in_api.iter().any(|a| a == addr) {
+            "api"
+        } else {
+            "default"
+        };
+        assert!(pool.ends_with(&format!("pool {want}")), "{live:#?}");
     }
     if let Some(name) = hostname.as_str() {
         assert!(live.iter().all(|b| b["host"] == name), "{live:#?}");
