@@ -36,6 +36,10 @@ pub const MAX_REGISTERED: usize = 4096;
 /// The weights `lb.toml` accepts, for registrations too.
 pub const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=1000;
 
+/// The shortest and longest pause between two looks for expired
+/// registrations (a look per heartbeat within these bounds).
+const EXPIRY_CHECK: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
 /// How often a withdrawn backend is looked at while it drains.
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
 
@@ -239,11 +243,13 @@ pub(crate) fn spawn_expiry(pool: &Arc<Pool>) {
             let Some(every) = weak.upgrade().map(|p| p.heartbeat()) else {
                 return;
             };
-            tokio::time::sleep(every).await;
+            // Looked at again at least every second: a reload that shortens
+            // the heartbeat applies within a second, not after the old one.
+            tokio::time::sleep(every.clamp(EXPIRY_CHECK.0, EXPIRY_CHECK.1)).await;
             let Some(pool) = weak.upgrade() else {
                 return;
             };
-            let allowed = crate::deadline::scaled(every, f64::from(MISSED));
+            let allowed = crate::deadline::scaled(pool.heartbeat(), f64::from(MISSED));
             let now = Instant::now();
             pool.update(|s| {
                 let before = s.registered.len();

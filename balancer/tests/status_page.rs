@@ -1,7 +1,9 @@
 //! The status page in a real browser (contract: `GET /status`, "updating
 //! live"): a headless Chromium, driven over the DevTools protocol, loads
-//! the page from a running cluster (three backends, each with a real agent,
-//! and the balancer, in-process), waits for live numbers, sees a killed
+//! the page from a running cluster (three listed backends, each with a real
+//! agent, in two pools, a fourth that registers itself through `POST
+//! /backends`, and the balancer, in-process), waits for live numbers, sees
+//! the registered backend's badge and every backend's pool, sees a killed
 //! backend turn down with its reason, sees the decisions and the admin
 //! buttons, and finds no error in the console. A screenshot is saved to
 //! `target/status-page.png` (the path is printed).
@@ -32,11 +34,24 @@ async fn agent(cpu: f64) -> std::net::SocketAddr {
     addr
 }
 
+const TOKEN: &str = "c3RhdHVzLXBhZ2UtdGVzdHMtb25seQ";
+
+/// The admin token file, in a directory of this test binary's own.
+fn token_file() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("balancer-status-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("admin.token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
 /// The rows of the backends table, as the page shows them.
 const ROWS: &str = r#"JSON.stringify([...document.querySelectorAll('#rows tr[data-addr]')].map(r => ({
     addr: r.dataset.addr, state: r.dataset.state,
     reason: r.querySelector('.reason').textContent,
     host: r.querySelector('.host').textContent,
+    origin: r.querySelector('.origin')?.textContent ?? '',
+    pool: r.querySelector('.pool')?.textContent ?? null,
     cpu: r.querySelector('td.cpu').textContent,
     rps: r.querySelector('td.rps').textContent,
     charts: r.querySelectorAll('svg.chart path').length })))"#;
@@ -93,12 +108,33 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         let a = agent(0.2 + 0.2 * i as f64).await;
         backends.push(format!("{{ addr = \"{}\", agent = \"{a}\" }}", h.addr));
     }
-    let lb = Lb::start(&format!(
-        "backends = [{}]\n[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
-         [agent]\ninterval = \"300ms\"\n",
-        backends.join(", ")
-    ))
+    // Two pools: host-1 and host-2 in the default one (all the traffic),
+    // host-3 in "api", where host-4 registers.
+    let lb = Lb::start_with_admin(
+        &format!(
+            "backends = [{}]\n[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
+             [agent]\ninterval = \"300ms\"\n[[pool]]\nname = \"api\"\nbackends = [{}]\n",
+            backends[..2].join(", "),
+            backends[2]
+        ),
+        // A heartbeat longer than the test: the registration stays.
+        &format!(
+            "token_file = \"{}\"\nheartbeat = \"1h\"",
+            token_file().display()
+        ),
+    )
     .await;
+    // The fourth backend announces itself, with its agent.
+    let registered = Host::start("host-4");
+    let announcement = format!(
+        r#"{{"addr": "{}", "agent": "{}", "pool": "api"}}"#,
+        registered.addr,
+        agent(0.3).await
+    );
+    let r = lb
+        .admin_call(http::Method::POST, "/backends", Some(TOKEN), &announcement)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     lb.wait_for_reports().await;
     // Steady traffic, so there are rates, latencies and decisions to show.
     let url = lb.url("/");
@@ -122,7 +158,7 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
     // request rate (the rate needs two polls of /status.json).
     let hostname = lb.status().await["backends"][0]["hostname"].clone();
     let live = wait_rows(&mut page, "live data", Duration::from_secs(30), |r| {
-        r.len() == 3
+        r.len() == 4
             && r.iter().all(|b| {
                 b["state"] == "up"
                     && b["cpu"].as_str().is_some_and(|c| c.contains('%'))
@@ -131,6 +167,22 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
             })
     })
     .await;
+    // The registered backend carries its badge, the listed ones none; two
+    // pools, so each backend names its own.
+    let reg = registered.addr.to_string();
+    let in_api = [hosts[2].addr.to_string(), reg.clone()];
+    for b in &live {
+        let addr = b["addr"].as_str().unwrap_or_default();
+        let want = if addr == reg { "registered" } else { "" };
+        assert_eq!(b["origin"], want, "{live:#?}");
+        let pool = b["pool"].as_str().unwrap_or_default();
+        let want = if in_api.iter().any(|a| a == addr) {
+            "api"
+        } else {
+            "default"
+        };
+        assert!(pool.ends_with(&format!("pool {want}")), "{live:#?}");
+    }
     if let Some(name) = hostname.as_str() {
         assert!(live.iter().all(|b| b["host"] == name), "{live:#?}");
     } else {
@@ -183,7 +235,7 @@ async fn the_status_page_shows_live_data_a_down_backend_and_its_reason() {
         let buttons = page
             .eval("document.querySelectorAll('button[data-action=drain]').length")
             .await;
-        if buttons.as_u64() == Some(3) {
+        if buttons.as_u64() == Some(4) {
             break;
         }
         assert!(Instant::now() < deadline, "no admin buttons: {buttons}");

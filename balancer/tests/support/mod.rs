@@ -161,6 +161,8 @@ pub struct Lb {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub balancer: balancer::Balancer,
+    /// Lines of `[admin]` besides `listen` (kept for [`Lb::reload`]).
+    admin_extra: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -169,18 +171,25 @@ impl Lb {
     /// Starts a balancer whose `lb.toml` is `toml` (without `listen`,
     /// which is chosen here). Use [`backends_toml`] to list backends.
     pub async fn start(toml: &str) -> Lb {
+        Lb::start_with_admin(toml, "").await
+    }
+
+    /// [`Lb::start`] with `admin` (lines such as `token_file = "…"`) in the
+    /// `[admin]` table too, for this balancer's reloads as well.
+    pub async fn start_with_admin(toml: &str, admin: &str) -> Lb {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let admin_addr = admin.local_addr().unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let admin_extra = admin.to_owned();
         let config = config(&format!(
-            "listen = \"{addr}\"\n{toml}\n[admin]\nlisten = \"{admin_addr}\"\n"
+            "listen = \"{addr}\"\n{toml}\n[admin]\nlisten = \"{admin_addr}\"\n{admin_extra}\n"
         ));
         let balancer = balancer::Balancer::start(config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let b = balancer.clone();
         let task = tokio::spawn(async move {
-            b.serve(listener, admin, async {
+            b.serve(listener, admin_listener, async {
                 let _ = stopped.await;
             })
             .await;
@@ -189,6 +198,7 @@ impl Lb {
             addr,
             admin: admin_addr,
             balancer,
+            admin_extra,
             stop: Some(stop),
             task,
         }
@@ -196,11 +206,36 @@ impl Lb {
 
     /// Reloads with a new configuration body (same form as [`Lb::start`]).
     pub fn reload(&self, toml: &str) {
+        self.reload_with_admin(toml, &self.admin_extra);
+    }
+
+    /// [`Lb::reload`] with `admin` in the `[admin]` table instead of what
+    /// [`Lb::start_with_admin`] was given (for this reload only).
+    pub fn reload_with_admin(&self, toml: &str, admin: &str) {
         let config = config(&format!(
-            "listen = \"{}\"\n{toml}\n[admin]\nlisten = \"{}\"\n",
+            "listen = \"{}\"\n{toml}\n[admin]\nlisten = \"{}\"\n{admin}\n",
             self.addr, self.admin
         ));
         self.balancer.reload(config);
+    }
+
+    /// `method` on the admin listener's `path`, with `Authorization:
+    /// Bearer {token}` when a token is given, and `body`.
+    pub async fn admin_call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        let url = format!("http://{}{path}", self.admin);
+        request(method, &url, &headers, Bytes::from(body.to_owned())).await
     }
 
     /// `http://addr/path`.
