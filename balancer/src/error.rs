@@ -16,7 +16,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::limits::{BodyError, CloseConnection};
 use crate::outcome::Outcome;
-use crate::proxy::ProxyBody;
+use crate::body::ProxyBody;
 
 /// A request the proxy answers itself, with an error status.
 #[derive(Debug, thiserror::Error)]

@@ -6,24 +6,22 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::access_log::{Logged, Record};
 use crate::backend::InFlight;
+pub use crate::body::{Guarded, ProxyBody};
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{self, Lease, ResponseBody};
 use crate::decisions::Asked;
 use crate::error::ProxyError;
-use crate::health::error_chain;
+use crate::error_chain::error_chain;
 use crate::host;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
@@ -350,10 +348,7 @@ fn respond(
     if body.is_end_stream() {
         guard.finish();
     }
-    let body = Guarded {
-        inner: body,
-        guard: Some(guard),
-    };
+    let body = Guarded::new(body, guard);
     let body = match decision {
         Decision::Compress(encoding) => {
             ProxyBody::Compressed(Compressed::new(body, encoding, settings.level))
@@ -472,104 +467,6 @@ fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>
             headers.insert(header::HOST, host.clone());
         }
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-}
-
-/// A response body that keeps its request counted in flight until its last
-/// byte has been read (not when the head arrives), as linkerd's
-/// `PendingUntilEos` does, and tells the guard whose turn it is: a poll
-/// that finds nothing waits on the backend, a poll that yields bytes hands
-/// the turn to the client (whose reading paces the next poll).
-#[derive(Debug)]
-pub struct Guarded<B> {
-    inner: B,
-    guard: Option<InFlight>,
-}
-
-impl<B: Body + Unpin> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Some(guard) = &mut this.guard {
-            match &frame {
-                Poll::Pending => guard.waiting_on_backend(),
-                Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
-                    guard.backend_delivered()
-                }
-                Poll::Ready(Some(Ok(_)) | None) => {
-                    guard.finish();
-                    this.guard = None;
-                }
-                Poll::Ready(Some(Err(_))) => this.guard = None,
-            }
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Every body the proxy answers with.
-pub enum ProxyBody {
-    /// A body the proxy made itself (errors, the upgrade handshake).
-    Full(Option<Bytes>),
-    /// The backend's body, passed through.
-    Upstream(Guarded<ResponseBody>),
-    /// The backend's body, compressed on the fly.
-    Compressed(Compressed<Guarded<ResponseBody>>),
-    /// Any of these, with the request's access log line written when it
-    /// is done (only while the access log is on).
-    Logged(Box<Logged<ProxyBody>>),
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Compressed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Logged(b) => Pin::new(&mut **b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Compressed(b) => b.is_end_stream(),
-            ProxyBody::Logged(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Compressed(b) => b.size_hint(),
-            ProxyBody::Logged(b) => b.size_hint(),
-        }
     }
 }
 
