@@ -8,29 +8,35 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::access_log::{Logged, Record};
-use crate::backend::InFlight;
 pub use crate::body::{Guarded, ProxyBody};
-use crate::compress::{self, Compressed, Decision};
-use crate::conns::{self, Lease, ResponseBody};
+use crate::compress;
+use crate::conns;
 use crate::decisions::Asked;
 use crate::error::ProxyError;
 use crate::error_chain::error_chain;
 use crate::host;
+use crate::limits;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
-use crate::limits::{self, tunnel};
 use crate::listener::ConnInfo;
 use crate::outcome::Outcome;
 use crate::pool::{Pool, Tried};
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
 use crate::tls::TlsInfo;
+
+mod respond;
+mod rewrite;
+
+use self::respond::respond;
+pub use self::rewrite::strip_hop_by_hop;
+use self::rewrite::{add_forwarded, is_upgrade, origin_form};
 
 /// The client at the other end of a connection, with what every request
 /// on it sends upstream about it, formatted once per connection.
@@ -298,282 +304,4 @@ async fn forward(
         }
     }
     Err(last_error)
-}
-
-/// The request target as sent to a backend: origin-form (`/path?query`),
-/// whatever form the client used (HTTP/2 and absolute-form requests carry
-/// a scheme and authority, which `Host` conveys instead).
-fn origin_form(uri: &Uri) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
-        return uri.clone();
-    }
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
-}
-
-/// Shapes the backend's response for the client.
-fn respond(
-    mut resp: Response<Incoming>,
-    lease: Option<Lease>,
-    mut guard: InFlight,
-    method: &Method,
-    accepted: compress::Accepted,
-    settings: &compress::Settings,
-    client_upgrade: Option<ClientUpgrade>,
-) -> Response<ProxyBody> {
-    if let Some(lease) = &lease {
-        guard.sent(lease.sent_at);
-    }
-    guard.head_arrived(tokio::time::Instant::now());
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let backend = hyper::upgrade::on(&mut resp);
-            // Counted from now: the client's HTTP connection ends as soon
-            // as the `101` is out.
-            let slot = client.limiter.hold(client.peer);
-            tokio::spawn(tunnel::run(client, slot, backend, guard));
-            let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
-            return Response::from_parts(parts, ProxyBody::Full(None));
-        }
-    }
-    let (mut parts, body) = resp.into_parts();
-    let body = ResponseBody::new(body, lease);
-    strip_hop_by_hop(&mut parts.headers, false);
-    let decision = compress::decide(method, accepted, parts.status, &parts.headers, settings);
-    compress::rewrite_headers(&decision, &mut parts.headers);
-    if body.is_end_stream() {
-        guard.finish();
-    }
-    let body = Guarded::new(body, guard);
-    let body = match decision {
-        Decision::Compress(encoding) => {
-            ProxyBody::Compressed(Compressed::new(body, encoding, settings.level))
-        }
-        Decision::PassThrough { .. } => ProxyBody::Upstream(body),
-    };
-    Response::from_parts(parts, body)
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
-/// header it names, plus `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Proxy-Connection` and — unless this is an upgrade
-/// being tunnelled — `Upgrade`. For an upgrade, `Connection: upgrade` is
-/// put back so the next hop sees the handshake.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (standard
-    // ones compare as integers) saves a hash lookup per name.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::CONNECTION);
-    }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// Whether `name` may be a hop-by-hop header: one of the fixed list, or
-/// `Connection` (which can name others).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Appends the client's address to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`; keeps (or, for HTTP/2,
-/// creates from the authority) the client's `Host`.
-fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.forwarded_for.to_str().unwrap_or_default();
-    let mut prior = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
-    let appended = match (prior.next(), prior.next()) {
-        // The usual case, the client is the first hop: no formatting.
-        (None, _) => None,
-        (Some(one), None) => Some(format!("{one}, {ip}")),
-        (Some(first), Some(second)) => {
-            let mut all = format!("{first}, {second}");
-            for more in prior {
-                all.push_str(", ");
-                all.push_str(more);
-            }
-            all.push_str(", ");
-            all.push_str(ip);
-            Some(all)
-        }
-    };
-    match appended {
-        None => {
-            headers.insert(XFF, peer.forwarded_for.clone());
-        }
-        Some(value) => {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(XFF, v);
-            }
-        }
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if peer.tls.is_some() { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    fn names(h: &HeaderMap) -> Vec<&str> {
-        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        n.sort_unstable();
-        n
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_rfc9110_7_6_1() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, X-Secret"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("x-other", "1"),
-            ("te", "trailers"),
-            ("trailer", "x-sum"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("x-end-to-end", "kept"),
-            ("host", "example.com"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(names(&h), ["host", "x-end-to-end"]);
-    }
-
-    #[test]
-    fn an_upgrade_keeps_its_upgrade_header_and_connection_token() {
-        let mut h = headers(&[
-            ("connection", "Upgrade, x-secret"),
-            ("upgrade", "websocket"),
-            ("x-secret", "1"),
-            ("sec-websocket-key", "abc"),
-        ]);
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
-        assert_eq!(h["connection"], "upgrade");
-    }
-
-    #[test]
-    fn forwarded_headers_append_the_client_and_keep_host() {
-        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-        let mut h = headers(&[("host", "shop.example"), ("x-forwarded-for", "203.0.113.1")]);
-        let host = h.get("host").cloned();
-        add_forwarded(&mut h, &Peer::new(peer), host);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop.example");
-        assert_eq!(h["host"], "shop.example");
-
-        let mut h = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "b")]);
-        add_forwarded(
-            &mut h,
-            &Peer::new("[::ffff:10.1.2.3]:1".parse().unwrap()),
-            None,
-        );
-        assert_eq!(h["x-forwarded-for"], "a, b, 10.1.2.3");
-        let mut h = headers(&[]);
-        add_forwarded(&mut h, &Peer::new("[::1]:1".parse().unwrap()), None);
-        assert_eq!(h["x-forwarded-for"], "::1");
-        let mut h = headers(&[("x-forwarded-for", "a"), ("x-forwarded-for", "b")]);
-        add_forwarded(&mut h, &Peer::new("10.1.2.3:1".parse().unwrap()), None);
-        assert_eq!(h["x-forwarded-for"], "a, b, 10.1.2.3");
-        assert!(!h.contains_key("x-forwarded-host"));
-    }
-
-    #[test]
-    fn requests_go_upstream_in_origin_form() {
-        for (target, sent) in [
-            ("/a?b=1", "/a?b=1"),
-            ("http://api.example:8080/x?y", "/x?y"),
-            ("http://api.example", "/"),
-            ("*", "*"),
-        ] {
-            let uri: Uri = target.parse().unwrap();
-            assert_eq!(origin_form(&uri).to_string(), sent, "{target}");
-        }
-    }
-
-    #[test]
-    fn http2_requests_get_a_host_from_their_authority() {
-        let uri: Uri = "http://api.example:8080/x".parse().unwrap();
-        let mut h = HeaderMap::new();
-        add_forwarded(
-            &mut h,
-            &Peer::new("127.0.0.1:1".parse().unwrap()),
-            crate::host::authority(&uri),
-        );
-        assert_eq!(h["host"], "api.example:8080");
-        assert_eq!(h["x-forwarded-host"], "api.example:8080");
-    }
 }
