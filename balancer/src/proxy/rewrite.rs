@@ -3,15 +3,95 @@
 //! `X-Forwarded-*` headers set.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
+
+use crate::error::ProxyError;
+use crate::host;
+use crate::request_body::UpstreamBody;
 
 use super::Peer;
+
+/// The head every attempt at one request sends, rewritten once.
+#[derive(Debug)]
+pub(super) struct Head {
+    /// The client's method.
+    pub(super) method: Method,
+    /// The target in origin-form.
+    target: Uri,
+    /// The rewritten headers; lent to an attempt that will not be resent
+    /// (and back when that attempt comes back whole).
+    headers: HeaderMap,
+    /// Whether the client named the host (without one, HTTP/1.0, each
+    /// attempt names its own backend).
+    client_host: bool,
+    /// An upgrade the client asked for, tunnelled.
+    pub(super) upgrade: bool,
+}
+
+impl Head {
+    /// The client's head, rewritten for the backends: one `Host` (from the
+    /// authority for HTTP/2), hop-by-hop headers stripped, `X-Forwarded-*`
+    /// set, the target in origin-form.
+    pub(super) fn new(mut parts: Parts, peer: &Peer, upgrade: bool) -> Result<Head, ProxyError> {
+        let host = host::settle(&parts.uri, &mut parts.headers)?;
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded(&mut parts.headers, peer, host);
+        Ok(Head {
+            client_host: parts.headers.contains_key(header::HOST),
+            target: origin_form(&parts.uri),
+            method: parts.method,
+            headers: parts.headers,
+            upgrade,
+        })
+    }
+
+    /// The path and query, as routing and the latency classes see it.
+    pub(super) fn path(&self) -> &str {
+        self.target
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str)
+    }
+
+    /// The request for one attempt at the backend whose `Host` is `host`,
+    /// with `body`; `keep`: the attempt may be resent after it went out,
+    /// so it gets a copy of the headers rather than the headers.
+    pub(super) fn request(
+        &mut self,
+        body: UpstreamBody,
+        host: &HeaderValue,
+        keep: bool,
+    ) -> Request<UpstreamBody> {
+        let mut out = Request::new(body);
+        *out.method_mut() = self.method.clone();
+        *out.version_mut() = Version::HTTP_11;
+        *out.uri_mut() = self.target.clone();
+        *out.headers_mut() = if keep {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        if !self.client_host {
+            out.headers_mut().insert(header::HOST, host.clone());
+        }
+        out
+    }
+
+    /// Takes the headers back from a request that came back whole (it
+    /// failed before it was written).
+    pub(super) fn restore(&mut self, back: Request<UpstreamBody>) {
+        self.headers = back.into_parts().0.headers;
+        if !self.client_host {
+            self.headers.remove(header::HOST);
+        }
+    }
+}
 
 /// The request target as sent to a backend: origin-form (`/path?query`),
 /// whatever form the client used (HTTP/2 and absolute-form requests carry
 /// a scheme and authority, which `Host` conveys instead).
-pub(super) fn origin_form(uri: &Uri) -> Uri {
+fn origin_form(uri: &Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some() {
         return uri.clone();
     }
@@ -93,7 +173,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Appends the client's address to `X-Forwarded-For` and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`; keeps (or, for HTTP/2,
 /// creates from the authority) the client's `Host`.
-pub(super) fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
+fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     let ip = peer.forwarded_for.to_str().unwrap_or_default();
     let mut prior = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
