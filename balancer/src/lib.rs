@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;
+pub mod peer;
 pub mod pool;
 pub mod proxy;
 pub mod recent;

@@ -13,10 +13,8 @@
 //! - [`respond`]: the response shaped for the client.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -29,9 +27,8 @@ use crate::error::ProxyError;
 use crate::limits;
 use crate::limits::body::BodyLimits;
 use crate::limits::tunnel::ClientUpgrade;
-use crate::listener::ConnInfo;
+pub use crate::peer::Peer;
 use crate::pool::{Pool, Snapshot, Tried};
-use crate::tls::TlsInfo;
 
 mod attempt;
 mod respond;
@@ -41,39 +38,6 @@ mod rewrite;
 use self::retry::Retry;
 pub use self::rewrite::strip_hop_by_hop;
 use self::rewrite::{is_upgrade, Head};
-
-/// The client at the other end of a connection, with what every request
-/// on it sends upstream about it, formatted once per connection.
-#[derive(Debug)]
-pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
-    /// Its IP as an `X-Forwarded-For` value.
-    forwarded_for: HeaderValue,
-    /// The connection's TLS facts; `None` on the plain listener.
-    pub tls: Option<Arc<TlsInfo>>,
-}
-
-impl Peer {
-    /// The client at `addr`, on the plain listener.
-    pub fn new(addr: SocketAddr) -> Peer {
-        Peer::of(ConnInfo {
-            peer: addr,
-            tls: None,
-        })
-    }
-
-    /// The client of the connection `info` describes.
-    pub fn of(info: ConnInfo) -> Peer {
-        let ip = info.peer.ip().to_canonical().to_string();
-        Peer {
-            addr: info.peer,
-            forwarded_for: HeaderValue::from_str(&ip)
-                .expect("an IP address is a valid header value"),
-            tls: info.tls,
-        }
-    }
-}
 
 /// The hyper service function: every outcome is a response.
 pub async fn serve(

@@ -175,7 +175,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// creates from the authority) the client's `Host`.
 fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.forwarded_for.to_str().unwrap_or_default();
+    let ip = peer.forwarded_for().to_str().unwrap_or_default();
     let mut prior = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
     let appended = match (prior.next(), prior.next()) {
         // The usual case, the client is the first hop: no formatting.
@@ -194,7 +194,7 @@ fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<HeaderValue>
     };
     match appended {
         None => {
-            headers.insert(XFF, peer.forwarded_for.clone());
+            headers.insert(XFF, peer.forwarded_for().clone());
         }
         Some(value) => {
             if let Ok(v) = HeaderValue::from_str(&value) {
