@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 
-use crate::listener::ConnInfo;
 use crate::tls::TlsInfo;
 
 /// The client at the other end of a connection, with what every request
@@ -23,10 +22,7 @@ pub struct Peer {
 impl Peer {
     /// The client at `addr`, on the plain listener.
     pub fn new(addr: SocketAddr) -> Peer {
-        Peer::of(ConnInfo {
-            peer: addr,
-            tls: None,
-        })
+        Peer::of(addr, None)
     }
 
     /// Its IP as an `X-Forwarded-For` value.
@@ -34,14 +30,15 @@ impl Peer {
         &self.forwarded_for
     }
 
-    /// The client of the connection `info` describes.
-    pub fn of(info: ConnInfo) -> Peer {
-        let ip = info.peer.ip().to_canonical().to_string();
+    /// The client at `addr`, with the connection's TLS facts (from its
+    /// [`ConnInfo`](crate::listener::ConnInfo)).
+    pub fn of(addr: SocketAddr, tls: Option<Arc<TlsInfo>>) -> Peer {
+        let ip = addr.ip().to_canonical().to_string();
         Peer {
-            addr: info.peer,
+            addr,
             forwarded_for: HeaderValue::from_str(&ip)
                 .expect("an IP address is a valid header value"),
-            tls: info.tls,
+            tls,
         }
     }
 }
