@@ -13,7 +13,8 @@
 //! - [`host`]: which host a request is for (one `Host`, the authority
 //!   first).
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond
-//!   ([`redirect`]: plain HTTP sent to `https://` instead);
+//!   ([`redirect`]: plain HTTP sent to `https://` instead); [`peer`]: the
+//!   client as the proxy sees it; [`body`]: the bodies it answers with;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
 //! - [`pool`]: the live backend table behind an `ArcSwap`, swapped whole on
@@ -34,7 +35,8 @@
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`limits`]: caps and timeouts against hostile clients (connections,
 //!   request rate, request bodies, slow readers, idle tunnels).
-//! - [`error`]: proxy errors and their status codes.
+//! - [`error`]: proxy errors and their status codes; [`error_chain`]: an
+//!   error and its causes on one line.
 //! - [`metrics`]: the one metrics registry; each owner defines its families.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener;
 //!   [`recent`]: each backend's p50/p99 over the last second, for the page.

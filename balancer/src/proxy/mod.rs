@@ -5,12 +5,12 @@
 //! [`Outcome`](crate::outcome::Outcome), and reported once, through
 //! [`Pool::report`].
 //!
-//! - [`rewrite`]: the head sent upstream (origin-form, `Host`, hop-by-hop
+//! - `rewrite`: the head sent upstream (origin-form, `Host`, hop-by-hop
 //!   headers, `X-Forwarded-*`);
-//! - [`retry`]: whether a failed attempt may be followed by another;
-//! - [`attempt`]: one attempt: the backend picked, the request sent, its
+//! - `retry`: whether a failed attempt may be followed by another;
+//! - `attempt`: one attempt: the backend picked, the request sent, its
 //!   outcome classified and reported;
-//! - [`respond`]: the response shaped for the client.
+//! - `respond`: the response shaped for the client.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -125,6 +125,7 @@ struct Exchange<'a> {
     accepted: compress::Accepted,
     /// The client's side of an upgrade it asked for, for the tunnel.
     client_upgrade: Option<ClientUpgrade>,
+    /// When the request arrived, for its total time.
     arrived: Instant,
 }
 
