@@ -17,7 +17,7 @@ pub use self::in_flight::InFlight;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use agent::LoadReport;
 use arc_swap::ArcSwapOption;
@@ -280,19 +280,7 @@ impl Backend {
         let sharing = self.busy.fetch_add(1, Relaxed).saturating_add(1);
         self.dispatched.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
-        let now = Instant::now();
-        InFlight {
-            backend: Arc::clone(self),
-            class,
-            sharing,
-            start: now,
-            waiting_since: Some(now),
-            backend_time: Duration::ZERO,
-            last: now,
-            complete: false,
-            time_to: None,
-            timer: None,
-        }
+        InFlight::new(Arc::clone(self), class, sharing, Instant::now())
     }
 
     /// Records a failed attempt.

@@ -19,34 +19,56 @@ use super::Backend;
 /// [`View::busy`](crate::select::View::busy).
 #[derive(Debug)]
 pub struct InFlight {
-    pub(super) backend: Arc<Backend>,
+    backend: Arc<Backend>,
     /// The request's class, for the latency baseline (`None`: not a
     /// measure of the host).
-    pub(super) class: Option<u8>,
+    class: Option<u8>,
     /// Requests waiting on the backend when this one was sent, itself
     /// included: how many shared the host's CPUs with it.
-    pub(super) sharing: u32,
+    sharing: u32,
     /// When the request was sent.
-    pub(super) start: Instant,
+    start: Instant,
     /// When the current wait on the backend began; `None` while the
     /// client's side has the turn (or the head has not been asked for).
-    pub(super) waiting_since: Option<Instant>,
+    waiting_since: Option<Instant>,
     /// The backend's own time so far.
-    pub(super) backend_time: Duration,
+    backend_time: Duration,
     /// The latest moment the clock was read.
-    pub(super) last: Instant,
+    last: Instant,
     /// The response ended normally: the sample is whole and is recorded.
-    pub(super) complete: bool,
+    complete: bool,
     /// Where the backend time goes when the guard is dropped, in
     /// nanoseconds: the access log's line for this request (set only while
     /// the access log is on).
-    pub(super) time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
+    time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The request's clock since it arrived, stopped when this guard drops
     /// (when the response body ends).
-    pub(super) timer: Option<RequestTimer>,
+    timer: Option<RequestTimer>,
 }
 
 impl InFlight {
+    /// A request sent to `backend` at `now`, `sharing` its CPUs with the
+    /// others waiting on it (itself included); counted by the caller.
+    pub(super) fn new(
+        backend: Arc<Backend>,
+        class: Option<u8>,
+        sharing: u32,
+        now: Instant,
+    ) -> InFlight {
+        InFlight {
+            backend,
+            class,
+            sharing,
+            start: now,
+            waiting_since: Some(now),
+            backend_time: Duration::ZERO,
+            last: now,
+            complete: false,
+            time_to: None,
+            timer: None,
+        }
+    }
+
     /// The backend this request went to.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend

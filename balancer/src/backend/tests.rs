@@ -1,5 +1,7 @@
 //! The health counter, passive health and the in-flight guard.
 
+use std::time::Duration;
+
 use super::*;
 use crate::outcome::Outcome;
 
