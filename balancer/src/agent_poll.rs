@@ -21,7 +21,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::backend::Backend;
-use crate::health::error_chain;
+use crate::error_chain::error_chain;
 use crate::monitor::{self, MonitorClient, Watch};
 
 /// A report larger than this is not a report.

@@ -4,14 +4,20 @@
 //! Everything the request path touches is an atomic or an `ArcSwap`: the
 //! health word, the in-flight and dispatch counters, and the load sample
 //! (replaced whole by the agent poller, read with one lock-free load).
-//! Its metric families are in [`metrics`].
+//! Its metric families are in [`metrics`]; passive health (outcomes,
+//! outlier ejection, slow start) is in `passive`, the guard of a request
+//! in flight ([`InFlight`]) in `in_flight`.
 
+mod in_flight;
 pub mod metrics;
+mod passive;
+
+pub use self::in_flight::InFlight;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use agent::LoadReport;
 use arc_swap::ArcSwapOption;
@@ -20,9 +26,7 @@ use tokio::time::Instant;
 use crate::config::BackendConfig;
 use crate::conns::Conns;
 use crate::latency::{Baselines, Signal};
-use crate::metrics::RequestTimer;
-use crate::outcome::Outcome;
-use crate::outlier::{Detector, Ejection};
+use crate::outlier::Detector;
 use crate::recent::{Quantiles, Recent};
 use crate::rotation::Rotation;
 use crate::select::{LoadView, View};
@@ -292,19 +296,7 @@ impl Backend {
         let sharing = self.busy.fetch_add(1, Relaxed).saturating_add(1);
         self.dispatched.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
-        let now = Instant::now();
-        InFlight {
-            backend: Arc::clone(self),
-            class,
-            sharing,
-            start: now,
-            waiting_since: Some(now),
-            backend_time: Duration::ZERO,
-            last: now,
-            complete: false,
-            time_to: None,
-            timer: None,
-        }
+        InFlight::new(Arc::clone(self), class, sharing, Instant::now())
     }
 
     /// Records a failed attempt.
@@ -411,86 +403,6 @@ impl Backend {
     }
 }
 
-/// Passive health: attempt outcomes, outlier ejection and slow start.
-impl Backend {
-    /// Takes one attempt's outcome (the proxy reports each attempt once):
-    /// counts errors, marks the backend down at once when a connection is
-    /// refused, and feeds the outlier detector. Returns true when this
-    /// failure completes a streak of `threshold`: the pool then ejects the
-    /// backend if it has room (a pool-wide decision, see
-    /// [`crate::pool::Pool::report`]).
-    pub fn report(
-        &self,
-        outcome: Outcome,
-        note: Option<String>,
-        threshold: u32,
-        now: Instant,
-    ) -> bool {
-        if let Outcome::Response(status) = outcome {
-            self.metrics.responses.add(status);
-        }
-        if outcome.is_error() {
-            self.record_error(note.unwrap_or_else(|| outcome.to_string()));
-        }
-        if outcome == (Outcome::ConnectFailed { refused: true })
-            && self.mark_down() == Some(Transition::WentDown)
-        {
-            tracing::warn!(backend = %self.addr, "backend down: connection refused");
-            self.set_down_reason("connection refused (a request's connect)".to_owned());
-        }
-        // Neither the client's fault nor our own connection limit says
-        // anything about the backend: the streak is left as it was.
-        if matches!(outcome, Outcome::Client | Outcome::Saturated) {
-            return false;
-        }
-        self.outlier
-            .record(outcome.is_failure(), threshold, self.clock(now))
-    }
-
-    /// Whether outlier ejection keeps this backend out of rotation at `now`.
-    pub fn is_ejected(&self, now: Instant) -> bool {
-        self.outlier.is_ejected(self.clock(now))
-    }
-
-    /// Ejects the backend at `now` for `base` × its multiplier.
-    pub fn eject(&self, now: Instant, base: Duration) -> Ejection {
-        self.outlier.eject(self.clock(now), base)
-    }
-
-    /// True once per ejection, at or after its end: the caller logs the
-    /// return.
-    pub fn take_return(&self, now: Instant) -> bool {
-        self.outlier.take_return(self.clock(now))
-    }
-
-    /// How long the current ejection still lasts (`None`: not ejected), and
-    /// the ejections so far.
-    pub fn ejection(&self, now: Instant) -> (Option<Duration>, u64) {
-        (
-            self.outlier.remaining(self.clock(now)),
-            self.outlier.ejections(),
-        )
-    }
-
-    /// Starts a slow start at `now` (on coming up, or on being added by a
-    /// reload).
-    pub fn begin_slow_start(&self, now: Instant) {
-        self.slow_start.begin(self.clock(now));
-    }
-
-    /// The share of its weight the backend gets at `now` during a slow start
-    /// of length `over`; `None` when it takes its full share.
-    pub fn ramp(&self, now: Instant, over: Duration) -> Option<f64> {
-        self.slow_start.ramp(self.clock(now), over)
-    }
-
-    /// `now` in nanoseconds since the backend entered the pool: the clock of
-    /// its outlier and slow-start state.
-    fn clock(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
 /// A snapshot of a backend's counters.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -562,333 +474,5 @@ pub fn utilization(r: &LoadReport) -> f64 {
     r.cpu.max(memory_pressure).clamp(0.0, 1.0)
 }
 
-/// Keeps a request counted as in flight on its backend until dropped, and
-/// keeps the clock of the backend's own time: from sending the request to
-/// the response head, plus every wait of the body for the backend's next
-/// bytes. Time the body spends waiting for the client to read is not the
-/// backend's and is not counted, in the sample nor in [`View::busy`].
-#[derive(Debug)]
-pub struct InFlight {
-    backend: Arc<Backend>,
-    /// The request's class, for the latency baseline (`None`: not a
-    /// measure of the host).
-    class: Option<u8>,
-    /// Requests waiting on the backend when this one was sent, itself
-    /// included: how many shared the host's CPUs with it.
-    sharing: u32,
-    /// When the request was sent.
-    start: Instant,
-    /// When the current wait on the backend began; `None` while the
-    /// client's side has the turn (or the head has not been asked for).
-    waiting_since: Option<Instant>,
-    /// The backend's own time so far.
-    backend_time: Duration,
-    /// The latest moment the clock was read.
-    last: Instant,
-    /// The response ended normally: the sample is whole and is recorded.
-    complete: bool,
-    /// Where the backend time goes when the guard is dropped, in
-    /// nanoseconds: the access log's line for this request (set only while
-    /// the access log is on).
-    time_to: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// The request's clock since it arrived, stopped when this guard drops
-    /// (when the response body ends).
-    timer: Option<RequestTimer>,
-}
-
-impl InFlight {
-    /// The backend this request went to.
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
-    }
-
-    /// The request went out on a connection at `at`: the backend's time
-    /// starts there, not while a connection was opened or waited for
-    /// (connecting is the network's and our own time, and a fresh
-    /// connection would read as a slow host).
-    pub fn sent(&mut self, at: Instant) {
-        self.start = at;
-    }
-
-    /// The response head arrived: the wait on the backend ends; what
-    /// follows is paced by the client until the body waits again.
-    pub fn head_arrived(&mut self, now: Instant) {
-        self.backend_time = now.saturating_duration_since(self.start);
-        self.backend.metrics.backend_time.observe(self.backend_time);
-        self.last = now;
-        if self.waiting_since.take().is_some() {
-            self.backend.busy.fetch_sub(1, Relaxed);
-        }
-    }
-
-    /// Keeps the request's clock until the response body ends: its total
-    /// time is recorded then, for the pool and for this backend.
-    pub fn time(&mut self, timer: RequestTimer) {
-        self.timer = Some(timer);
-    }
-
-    /// The body has nothing to give yet: the backend has the turn.
-    pub fn waiting_on_backend(&mut self) {
-        if self.waiting_since.is_none() {
-            let now = Instant::now();
-            self.waiting_since = Some(now);
-            self.last = now;
-            self.backend.busy.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// The body delivered bytes: the client has the turn.
-    pub fn backend_delivered(&mut self) {
-        if let Some(since) = self.waiting_since.take() {
-            let now = Instant::now();
-            self.backend_time += now.saturating_duration_since(since);
-            self.last = now;
-            self.backend.busy.fetch_sub(1, Relaxed);
-        }
-    }
-
-    /// Hands the backend time, in nanoseconds, to `cell` when the guard is
-    /// dropped (the access log's `bt`).
-    pub fn report_time_to(&mut self, cell: Arc<std::sync::atomic::AtomicU64>) {
-        self.time_to = Some(cell);
-    }
-
-    /// The response ended normally: its backend time is a whole sample.
-    pub fn finish(&mut self) {
-        self.backend_delivered();
-        self.complete = true;
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let b = &self.backend;
-        b.in_flight.fetch_sub(1, Relaxed);
-        if self.complete {
-            let second = b.clock(self.last) / 1_000_000_000;
-            b.recent
-                .record(second, self.last.saturating_duration_since(self.start));
-        }
-        if let Some(cell) = &self.time_to {
-            let nanos = u64::try_from(self.backend_time.as_nanos()).unwrap_or(u64::MAX);
-            cell.store(nanos, Relaxed);
-        }
-        if let Some(timer) = self.timer.take() {
-            b.metrics.total_time.observe(timer.finish());
-        }
-        if self.waiting_since.is_some() {
-            b.busy.fetch_sub(1, Relaxed);
-        }
-        // Failures, abandoned and upgraded requests and requests with a body
-        // are no measure of the host's speed (failures are outlier
-        // detection's business), but the host has been tried: a backend
-        // that only ever fails must not stay first in line as untried.
-        let Some(class) = self.class.filter(|_| self.complete) else {
-            b.signal.touch();
-            return;
-        };
-        // The host's speed, not its queue: a request that shared the CPUs
-        // with others took longer for that alone, and the queue is already
-        // in the score (`busy`). Divided by how many shared each CPU, so a
-        // host is compared with its peers as if each request had had a CPU
-        // to itself.
-        let cpus = b
-            .load
-            .load()
-            .as_deref()
-            .map_or(1.0, |s| s.report.capacity());
-        let shared = (f64::from(self.sharing) / cpus.max(1.0)).max(1.0);
-        let secs = self.backend_time.as_secs_f64() / shared;
-        b.signal.record(&b.baselines, class, secs, self.last);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backend(rise: u32, fall: u32) -> Backend {
-        Backend::new(
-            &BackendConfig {
-                addr: "127.0.0.1:1".parse().unwrap(),
-                agent: "127.0.0.1:2".parse().unwrap(),
-                weight: 1,
-            },
-            rise,
-            fall,
-            &Arc::new(Baselines::new()),
-        )
-    }
-
-    /// Feeds probe results ("+" ok, "-" failed) and returns the up/down
-    /// state after each, as a string of "U"/"D".
-    fn run(b: &Backend, rise: u32, fall: u32, seq: &str) -> String {
-        seq.chars()
-            .map(|c| {
-                b.record_probe(c == '+', rise, fall);
-                if b.is_up() {
-                    'U'
-                } else {
-                    'D'
-                }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn rise_and_fall_count_strictly_consecutive_results() {
-        // (rise, fall, probes, expected states)
-        let table = [
-            (2, 2, "-", "U"),           // starts fully up: one failure is not enough
-            (2, 2, "--", "UD"),         // fall = 2
-            (2, 3, "---", "UUD"),       // fall = 3
-            (2, 2, "-+-+-+", "UUUUUU"), // interrupted failures never take it down
-            (2, 2, "--+", "UDD"),       // one success is not rise
-            (2, 2, "--++", "UDDU"),     // rise = 2
-            (3, 2, "--+++", "UDDDU"),   // rise = 3
-            (2, 2, "--+-+", "UDDDD"),   // interrupted successes reset
-            (2, 2, "--++-", "UDDUU"),   // back up means fully up: fall again needed
-            (1, 1, "-+-+", "DUDU"),     // the most eager settings
-        ];
-        for (rise, fall, seq, want) in table {
-            let b = backend(rise, fall);
-            assert_eq!(
-                run(&b, rise, fall, seq),
-                want,
-                "rise {rise} fall {fall} {seq}"
-            );
-        }
-    }
-
-    #[test]
-    fn transitions_are_reported_once() {
-        let b = backend(2, 2);
-        assert_eq!(b.record_probe(false, 2, 2), None);
-        assert_eq!(b.record_probe(false, 2, 2), Some(Transition::WentDown));
-        assert_eq!(b.record_probe(false, 2, 2), None);
-        assert_eq!(b.record_probe(true, 2, 2), None);
-        assert_eq!(b.record_probe(true, 2, 2), Some(Transition::WentUp));
-        assert_eq!(b.record_probe(true, 2, 2), None);
-    }
-
-    #[test]
-    fn a_refused_connection_takes_it_down_at_once_and_rise_brings_it_back() {
-        let b = backend(2, 3);
-        assert_eq!(b.mark_down(), Some(Transition::WentDown));
-        assert_eq!(b.mark_down(), None);
-        assert_eq!(run(&b, 2, 3, "++"), "DU");
-    }
-
-    #[test]
-    fn report_marks_down_on_refusal_counts_errors_and_trips_on_a_streak() {
-        use http::StatusCode;
-        let b = backend(2, 2);
-        let now = Instant::now();
-        let report = |o| b.report(o, None, 3, now);
-        // (outcome, tripped, up after, errors after)
-        let table = [
-            (
-                Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR),
-                false,
-                true,
-                0,
-            ),
-            (Outcome::Timeout, false, true, 1),
-            (Outcome::Client, false, true, 1), // not the backend's doing
-            (Outcome::Saturated, false, true, 1), // nor is our own limit
-            (Outcome::Reset, true, true, 2),   // third failure in a row
-            (Outcome::Response(StatusCode::OK), false, true, 2),
-            (Outcome::Protocol, false, true, 3),
-            (Outcome::ConnectFailed { refused: false }, false, true, 4),
-            (Outcome::ConnectFailed { refused: true }, true, false, 5),
-        ];
-        for (i, (outcome, tripped, up, errors)) in table.into_iter().enumerate() {
-            assert_eq!(report(outcome), tripped, "row {i}: {outcome}");
-            assert_eq!(b.is_up(), up, "row {i}: {outcome}");
-            assert_eq!(b.stats().errors, errors, "row {i}: {outcome}");
-        }
-        assert_eq!(b.stats().last_error.unwrap().message, "connection refused");
-    }
-
-    #[test]
-    fn coming_back_up_starts_a_slow_start_and_the_start_does_not() {
-        let b = backend(1, 1);
-        let slow = Duration::from_secs(60);
-        assert_eq!(b.ramp(Instant::now(), slow), None);
-        b.record_probe(false, 1, 1);
-        assert_eq!(b.ramp(Instant::now(), slow), None, "down: no ramp yet");
-        b.record_probe(true, 1, 1);
-        let ramp = b.ramp(Instant::now(), slow).expect("ramping");
-        assert!((0.1..0.11).contains(&ramp), "{ramp}");
-        assert_eq!(b.ramp(Instant::now(), Duration::ZERO), None, "off");
-    }
-
-    #[test]
-    fn the_in_flight_guard_counts_until_dropped() {
-        let b = Arc::new(backend(2, 2));
-        let g1 = b.start_request(Some(0));
-        let g2 = b.start_request(None);
-        assert_eq!(b.stats().in_flight, 2);
-        drop(g1);
-        assert_eq!(b.stats().in_flight, 1);
-        drop(g2);
-        assert_eq!((b.stats().in_flight, b.stats().requests), (0, 2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_backend_time_leaves_out_the_client_and_bodies_are_no_measure() {
-        use tokio::time::advance;
-        let b = Arc::new(backend(2, 2));
-        let mut g = b.start_request(Some(0));
-        assert_eq!(b.stats().busy, 1);
-        advance(Duration::from_millis(10)).await; // the backend works
-        g.head_arrived(Instant::now());
-        assert_eq!(b.stats().busy, 0);
-        advance(Duration::from_secs(5)).await; // the client does not read
-        g.waiting_on_backend();
-        assert_eq!(b.stats().busy, 1);
-        advance(Duration::from_millis(5)).await; // the backend's next bytes
-        g.finish();
-        assert_eq!(b.stats().busy, 0);
-        drop(g);
-        // 15 ms of the backend's own time; the five seconds are the client's.
-        let service = b.stats().service;
-        assert!((service - 0.015).abs() < 1e-6, "{service}");
-        assert!(!b.signal.untried());
-
-        // A request with a body (paced by the client) is no measure of the
-        // host: it ends the untried state and leaves the signal alone.
-        let c = Arc::new(backend(2, 2));
-        let mut g = c.start_request(None);
-        advance(Duration::from_secs(9)).await;
-        g.head_arrived(Instant::now());
-        g.finish();
-        drop(g);
-        assert!(!c.signal.untried());
-        assert_eq!(c.stats().service, 0.0);
-        assert_eq!(c.stats().slowness, 1.0);
-
-        // A failed attempt (dropped before its head) is tried as well, so a
-        // backend that only ever fails does not stay first in line.
-        let d = Arc::new(backend(2, 2));
-        drop(d.start_request(Some(0)));
-        assert!(!d.signal.untried());
-        assert_eq!(d.stats().service, 0.0);
-    }
-
-    #[test]
-    fn memory_counts_only_near_exhaustion() {
-        let r = |cpu, memory| LoadReport {
-            cpu,
-            memory,
-            cores: 2,
-            cpus: 2.0,
-            load1: 0.0,
-            mem_total_bytes: 0,
-            mem_used_bytes: 0,
-        };
-        assert_eq!(utilization(&r(0.3, 0.8)), 0.3);
-        assert!((utilization(&r(0.3, 0.95)) - 0.5).abs() < 1e-9);
-        assert!((utilization(&r(0.3, 1.0)) - 1.0).abs() < 1e-9);
-    }
-}
+mod tests;

@@ -113,29 +113,46 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    const NAMES: &'static str = "least-loaded, round-robin, least-connections, random";
+    /// Every strategy with its name in `lb.toml` and the admin endpoints,
+    /// in the order of the enum: the one place the names are spelled.
+    pub const ALL: [(Strategy, &'static str); 4] = [
+        (Strategy::LeastLoaded, "least-loaded"),
+        (Strategy::RoundRobin, "round-robin"),
+        (Strategy::LeastConnections, "least-connections"),
+        (Strategy::Random, "random"),
+    ];
+
+    /// The valid names, for an error message: "least-loaded, round-robin,
+    /// ...".
+    const NAMES: Names = Names;
 
     /// The name used in `lb.toml` and in the admin endpoints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::LeastLoaded => "least-loaded",
-            Strategy::RoundRobin => "round-robin",
-            Strategy::LeastConnections => "least-connections",
-            Strategy::Random => "random",
+    pub const fn name(self) -> &'static str {
+        Strategy::ALL[self as usize].1
+    }
+}
+
+/// [`Strategy::ALL`]'s names, comma-separated, when formatted.
+#[derive(Debug, Clone, Copy)]
+struct Names;
+
+impl std::fmt::Display for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (_, name)) in Strategy::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
         }
+        Ok(())
     }
 }
 
 impl FromStr for Strategy {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "least-loaded" => Strategy::LeastLoaded,
-            "round-robin" => Strategy::RoundRobin,
-            "least-connections" => Strategy::LeastConnections,
-            "random" => Strategy::Random,
-            _ => return Err(()),
-        })
+        let found = Strategy::ALL.iter().find(|(_, name)| *name == s);
+        found.map(|&(strategy, _)| strategy).ok_or(())
     }
 }
 

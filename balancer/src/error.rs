@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::body::ProxyBody;
 use crate::limits::{BodyError, CloseConnection};
 use crate::outcome::Outcome;
-use crate::proxy::ProxyBody;
 
 /// A request the proxy answers itself, with an error status.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 
 use crate::backend::{Backend, Transition};
+use crate::error_chain::error_chain;
 use crate::monitor::{self, MonitorClient, Watch};
 
 /// Starts the probe loop of `backend`, the `slot`-th of `of` started
@@ -90,20 +91,4 @@ async fn probe(
         Ok(r) => r,
         Err(_) => Err(format!("GET {path} timed out after {timeout:?}")),
     }
-}
-
-/// An error and its causes on one line ("client error (Connect): tcp
-/// connect error: Connection refused (os error 111)").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }

@@ -15,7 +15,8 @@
 //! - [`router`]: the `[[route]]`s, in match order: host and path to the
 //!   upstream (pool) a request goes to.
 //! - [`proxy`]: one request: pick, rewrite, forward, retry, respond
-//!   ([`redirect`]: plain HTTP sent to `https://` instead);
+//!   ([`redirect`]: plain HTTP sent to `https://` instead); [`peer`]: the
+//!   client as the proxy sees it; [`body`]: the bodies it answers with;
 //!   [`conns`]: the connections to each backend (reused, capped, driven by
 //!   the request itself); [`request_body`]: the body sent upstream.
 //! - [`upstream`]: one pool: its backends, its strategy and round-robin
@@ -46,7 +47,8 @@
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`limits`]: caps and timeouts against hostile clients (connections,
 //!   request rate, request bodies, slow readers, idle tunnels).
-//! - [`error`]: proxy errors and their status codes.
+//! - [`error`]: proxy errors and their status codes; [`error_chain`]: an
+//!   error and its causes on one line.
 //! - [`metrics`]: the one metrics registry; each owner defines its families.
 //! - [`admin`]: status page, JSON, metrics and health on their own listener;
 //!   [`recent`]: each backend's p50/p99 over the last second, for the page.
@@ -58,6 +60,7 @@ pub mod access_log;
 pub mod admin;
 pub mod agent_poll;
 pub mod backend;
+pub mod body;
 pub mod budget;
 pub mod compress;
 pub mod config;
@@ -67,6 +70,7 @@ pub mod decisions;
 pub mod discover;
 pub mod discovery;
 pub mod error;
+pub mod error_chain;
 pub mod health;
 pub mod host;
 pub mod latency;
@@ -76,6 +80,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod outlier;
+pub mod peer;
 pub mod pool;
 pub mod proxy;
 pub mod recent;

@@ -1,6 +1,6 @@
 //! What one attempt at a backend came to. The proxy classifies each attempt
 //! exactly once, into an [`Outcome`], and reports it through
-//! [`crate::pool::Pool::report`] to [`crate::backend::Backend::report`]:
+//! [`crate::upstream::Upstream::report`] to [`crate::backend::Backend::report`]:
 //! passive health (a refused connection marks a backend down), outlier
 //! ejection and the error counters all read that one value, and nothing
 //! else marks a backend.

@@ -11,9 +11,10 @@
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
+use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::proxy::{Peer, ProxyBody};
+use crate::peer::Peer;
 
 /// Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";

@@ -354,7 +354,8 @@ fn service(
     let (pool, activity) = (Arc::clone(&conn.pool), Arc::clone(activity));
     // Formatted once per burst of requests, not per request, and not kept
     // while the connection hibernates.
-    let client = Arc::new(proxy::Peer::of(conn.info()));
+    let info = conn.info();
+    let client = Arc::new(proxy::Peer::of(info.peer, info.tls));
     service_fn(move |req| {
         let busy = Busy::new(&activity);
         let pool = Arc::clone(&pool);

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
+use balancer::config::Strategy;
 
 use crate::cgroup::HostCgroup;
 use crate::procs::{free_addr, project_cmd, Proc};
@@ -147,7 +148,7 @@ impl LbConfig {
         Ok(LbConfig {
             listen: free_addr([127, 0, 0, 1])?,
             admin: free_addr([127, 0, 0, 1])?,
-            strategy: "least-loaded",
+            strategy: Strategy::LeastLoaded.name(),
             agent_interval: "1s",
             gzip: Some(6),
             tls: None,

@@ -364,3 +364,17 @@ fn the_check_summary_prints_every_effective_setting() {
     let c = parse(&format!("{MINIMAL}[compression]\ngzip = false\n")).unwrap();
     assert!(c.summary().ends_with("compression off"), "{}", c.summary());
 }
+
+#[test]
+fn each_strategy_is_named_once_and_parses_back() {
+    for (i, (strategy, name)) in Strategy::ALL.into_iter().enumerate() {
+        assert_eq!(strategy as usize, i, "ALL is in the enum's order");
+        assert_eq!(strategy.name(), name);
+        assert_eq!(name.parse::<Strategy>(), Ok(strategy));
+    }
+    assert_eq!("fastest".parse::<Strategy>(), Err(()));
+    assert_eq!(
+        Strategy::NAMES.to_string(),
+        "least-loaded, round-robin, least-connections, random"
+    );
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
+use balancer::config::Strategy;
 use serde::Serialize;
 
 use crate::cluster::{Host, LbConfig};
@@ -13,7 +14,12 @@ use crate::load::{self, Load, LoadResult, Mode};
 use crate::procs::Group;
 
 /// The strategies compared, in the order of the first round.
-pub const STRATEGIES: [&str; 4] = ["round-robin", "least-connections", "random", "least-loaded"];
+pub const STRATEGIES: [&str; 4] = [
+    Strategy::RoundRobin.name(),
+    Strategy::LeastConnections.name(),
+    Strategy::Random.name(),
+    Strategy::LeastLoaded.name(),
+];
 
 /// What a condition varies (hosts, stress, mix, balancers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use balancer::config::Strategy;
 use serde::Serialize;
 
 use super::measure::{Cond, Pace, Run, Spec, STRATEGIES};
@@ -193,9 +194,9 @@ pub fn section(rep: &mut Report, m: &Measured, note: &str) -> Result<()> {
 /// comparison: failures of least-loaded miss the goal, failures of the
 /// other side leave it unmeasured; either way the row says so.
 pub fn goals(all: &[Measured]) -> Vec<Goal> {
-    let ll = "least-loaded";
-    let lc = "least-connections";
-    let rr = "round-robin";
+    let ll = Strategy::LeastLoaded.name();
+    let lc = Strategy::LeastConnections.name();
+    let rr = Strategy::RoundRobin.name();
     let mean: fn(&Figures) -> f64 = |f| f.mean;
     let p99: fn(&Figures) -> f64 = |f| f.p99;
     let (open, closed) = (Pace::Open, Pace::Closed);
