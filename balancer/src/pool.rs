@@ -14,13 +14,16 @@
 //! hold `Weak` references and stop by themselves once their backend has
 //! left the table or the pool is gone.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::access_log::AccessLog;
 use crate::backend::Backend;
@@ -30,7 +33,7 @@ use crate::conns;
 use crate::decisions::Decisions;
 use crate::latency::Baselines;
 use crate::limits::Limiter;
-use crate::metrics::{self, Requests};
+use crate::metrics::{Registry, Requests};
 use crate::monitor::{MonitorClient, Run, Watch};
 use crate::router::Router;
 use crate::sources::{Desired, Sources};
@@ -119,7 +122,7 @@ pub struct Pool {
     /// reloads).
     pub requests: Arc<Requests>,
     /// The one metrics registry, which `/metrics` renders.
-    pub metrics: metrics::Registry,
+    pub metrics: Registry,
 }
 
 impl Pool {
@@ -134,7 +137,7 @@ impl Pool {
         let access_log = AccessLog::start(&config.log);
         let requests = Arc::new(Requests::default());
         let pool = Arc::new_cyclic(|me| Pool {
-            metrics: metrics::Registry::new(me.clone(), &requests, &limiter),
+            metrics: registry(me, &requests, &limiter),
             requests,
             current: ArcSwap::from_pointee(snapshot),
             sources: Mutex::new(sources),
@@ -263,6 +266,36 @@ impl Pool {
                 Some(run.config.timeouts.idle)
             });
         }
+    }
+}
+
+/// The metrics registry of the pool behind `pool` (a weak reference: the
+/// pool owns the registry): what clients got, the pool-wide families, the
+/// client limits', in that order.
+fn registry(pool: &Weak<Pool>, requests: &Arc<Requests>, limiter: &Arc<Limiter>) -> Registry {
+    let mut registry = Registry::new();
+    registry.register(Box::new(Arc::clone(requests)));
+    registry.register(Box::new(PoolCollector(pool.clone())));
+    registry.register(Box::new(Arc::clone(limiter)));
+    registry
+}
+
+/// The pool-wide families: every backend's, panic mode, the retry budget,
+/// the access log's dropped lines.
+#[derive(Debug)]
+struct PoolCollector(Weak<Pool>);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(pool) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let snap = pool.snapshot();
+        let slow_start = snap.config.balance.slow_start;
+        crate::backend::metrics::encode(&snap.backends, slow_start, &mut enc)?;
+        snap.encode_metrics(&mut enc)?;
+        pool.budget.encode_metrics(&mut enc)?;
+        crate::access_log::encode_metrics(&mut enc)
     }
 }
 

@@ -2,10 +2,13 @@
 //! and the per-backend instruments the request path records into
 //! ([`BackendMetrics`]).
 //!
-//! The families are written from the current pool snapshot at scrape
-//! time: a backend a reload removed is absent from the next scrape.
+//! The families are written from the backends of the current pool
+//! snapshot at scrape time ([`crate::pool`] registers the collector): a
+//! backend a reload removed is absent from the next scrape.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -13,7 +16,6 @@ use tokio::time::Instant;
 
 use super::Backend;
 use crate::metrics::{counter_value, Codes, Histogram, CLASSES};
-use crate::pool::Snapshot;
 
 /// What the request path records per backend; shared with a successor
 /// that only changed weight or agent, so the counts carry over.
@@ -30,14 +32,25 @@ pub struct BackendMetrics {
     pub total_time: Histogram,
 }
 
-/// The value of one family for one backend (`None`: no series).
-type Read<T> = fn(&Backend, &Snapshot, Instant) -> Option<T>;
+/// The value of one family for one backend, given `[balance] slow_start`
+/// (`None`: no series).
+type Read<T> = fn(&Backend, Duration, Instant) -> Option<T>;
 
-/// Writes every `lb_backend_*` family for the backends of `snap`.
-pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+/// Writes every `lb_backend_*` family for `backends`, under
+/// `[balance] slow_start` = `slow_start`.
+pub fn encode(
+    backends: &[Arc<Backend>],
+    slow_start: Duration,
+    enc: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
     use MetricType::{Counter, Gauge};
     let now = Instant::now();
-    let w = &mut Writer { enc, snap, now };
+    let w = &mut Writer {
+        enc,
+        backends,
+        slow_start,
+        now,
+    };
     w.family::<u64>(
         "lb_backend_up",
         "1 if the backend is healthy",
@@ -111,7 +124,7 @@ pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         "lb_backend_slow_start",
         "share of its weight a backend in slow start takes (absent when full)",
         Gauge,
-        |b, snap, now| b.ramp(now, snap.config.balance.slow_start),
+        |b, slow_start, now| b.ramp(now, slow_start),
     )?;
     w.family::<u64>(
         "lb_backend_connections",
@@ -140,7 +153,8 @@ pub fn encode(snap: &Snapshot, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
 
 struct Writer<'a, 'e> {
     enc: &'a mut DescriptorEncoder<'e>,
-    snap: &'a Snapshot,
+    backends: &'a [Arc<Backend>],
+    slow_start: Duration,
     now: Instant,
 }
 
@@ -179,8 +193,8 @@ impl Writer<'_, '_> {
         read: Read<T>,
     ) -> fmt::Result {
         let mut m = self.enc.encode_descriptor(name, help, None, kind)?;
-        for b in &self.snap.backends {
-            if let Some(v) = read(b, self.snap, self.now) {
+        for b in self.backends {
+            if let Some(v) = read(b, self.slow_start, self.now) {
                 v.put(&mut m.encode_family(&[("backend", label(b))])?, kind)?;
             }
         }
@@ -194,7 +208,7 @@ impl Writer<'_, '_> {
             None,
             MetricType::Counter,
         )?;
-        for b in &self.snap.backends {
+        for b in self.backends {
             for (class, n) in CLASSES.iter().zip(b.metrics.responses.get()) {
                 let labels = [("backend", label(b)), ("code", class)];
                 counter_value(&mut m.encode_family(&labels)?, n)?;
@@ -212,7 +226,7 @@ impl Writer<'_, '_> {
         let mut m = self
             .enc
             .encode_descriptor(name, help, None, MetricType::Histogram)?;
-        for b in &self.snap.backends {
+        for b in self.backends {
             which(&b.metrics).encode(&mut m.encode_family(&[("backend", label(b))])?)?;
         }
         Ok(())

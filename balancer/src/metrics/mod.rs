@@ -2,17 +2,19 @@
 //! text or Prometheus text 0.0.4 ([`Registry::render`]).
 //!
 //! The module that owns a number defines its metric (linkerd2-proxy's
-//! `FmtMetrics` idea): the registry holds one collector per owner, each
-//! encoding its own families at scrape time:
+//! `FmtMetrics` idea) and registers its collector ([`Registry::register`]),
+//! which encodes its families at scrape time. This module knows none of
+//! them: [`crate::pool`] builds the registry and registers
 //!
-//! - [`Requests`] (here): what clients got, `lb_responses_total{code}` and
-//!   `lb_request_duration_seconds`, the balancer's own errors included;
-//! - [`crate::backend::metrics`]: every `lb_backend_*` family, read from
-//!   the current pool snapshot, so the backends a reload removed are gone
-//!   from the next scrape;
-//! - [`crate::pool`] (`lb_panic`), [`crate::budget`] (`lb_retries_total`,
-//!   `lb_retries_denied_total`) and [`crate::limits`] (`lb_connections`,
-//!   `lb_limited_total{reason}`).
+//! - [`Requests`] (defined here, filled by the proxy): what clients got,
+//!   `lb_responses_total{code}` and `lb_request_duration_seconds`, the
+//!   balancer's own errors included;
+//! - its own collector: every `lb_backend_*` family
+//!   ([`crate::backend::metrics`]), read from the current pool snapshot so
+//!   the backends a reload removed are gone from the next scrape,
+//!   `lb_panic`, [`crate::budget`] (`lb_retries_total`,
+//!   `lb_retries_denied_total`) and [`crate::access_log`]'s dropped lines;
+//! - [`crate::limits`] (`lb_connections`, `lb_limited_total{reason}`).
 //!
 //! The admin listener only renders. The request path never touches the
 //! registry: it adds to atomics its owners keep ([`Histogram`], [`Codes`]).
@@ -26,15 +28,11 @@ pub use histogram::{Codes, Histogram, BOUNDS, CLASSES};
 pub use requests::{RequestTimer, Requests};
 
 use std::fmt;
-use std::sync::{Arc, Weak};
 
 use http::HeaderValue;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-
-use crate::limits::Limiter;
-use crate::pool::Pool;
 
 /// The `Content-Type` of OpenMetrics text, served to clients that accept it
 /// (Prometheus does).
@@ -45,6 +43,7 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The balancer's one metrics registry; lives as long as its pool.
+#[derive(Default)]
 pub struct Registry {
     inner: prometheus_client::registry::Registry,
 }
@@ -56,14 +55,16 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// The registry of the pool behind `pool` (a weak reference: the pool
-    /// owns the registry), with `requests` and `limiter` its pool's.
-    pub fn new(pool: Weak<Pool>, requests: &Arc<Requests>, limiter: &Arc<Limiter>) -> Registry {
-        let mut inner = prometheus_client::registry::Registry::default();
-        inner.register_collector(Box::new(Arc::clone(requests)));
-        inner.register_collector(Box::new(PoolCollector(pool)));
-        inner.register_collector(Box::new(Arc::clone(limiter)));
-        Registry { inner }
+    /// An empty registry; owners [`register`](Registry::register) their
+    /// collectors.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds an owner's collector; families are rendered in the order their
+    /// collectors were registered.
+    pub fn register(&mut self, collector: Box<dyn Collector>) {
+        self.inner.register_collector(collector);
     }
 
     /// The exposition for a client that sent `accept`: OpenMetrics when it
@@ -99,24 +100,6 @@ pub fn accepts_openmetrics(accept: &HeaderValue) -> bool {
                 })
             })
     })
-}
-
-/// The pool-wide families: every backend's, panic mode, the retry budget,
-/// the access log's dropped lines.
-#[derive(Debug)]
-struct PoolCollector(Weak<Pool>);
-
-impl Collector for PoolCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
-        let Some(pool) = self.0.upgrade() else {
-            return Ok(());
-        };
-        let snap = pool.snapshot();
-        crate::backend::metrics::encode(&snap, &mut enc)?;
-        snap.encode_metrics(&mut enc)?;
-        pool.budget.encode_metrics(&mut enc)?;
-        crate::access_log::encode_metrics(&mut enc)
-    }
 }
 
 /// Writes one unlabelled gauge family.
