@@ -116,17 +116,17 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Starts health probes and agent polls for `config`'s backends.
+    /// Starts health probes and agent polls for `config`'s backends, the
+    /// DNS discovery tasks and the expiry of registrations.
     /// Must be called inside a tokio runtime.
     pub fn start(config: Config) -> Balancer {
         let tls = config
             .tls
             .as_ref()
             .map(|t| Arc::new(tls::Terminator::new(Arc::clone(&t.certs))));
-        Balancer {
-            pool: pool::Pool::start(config),
-            tls,
-        }
+        let pool = pool::Pool::start(config);
+        registry::spawn_expiry(&pool);
+        Balancer { pool, tls }
     }
 
     /// Applies a new configuration: backends present in both keep their

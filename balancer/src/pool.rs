@@ -127,7 +127,10 @@ pub struct Pool {
 
 impl Pool {
     /// Builds the table and starts one health probe and one agent poller
-    /// per backend. Must be called inside a tokio runtime.
+    /// per backend (and the DNS discovery tasks). Registrations expire
+    /// only once `registry::spawn_expiry` runs, which
+    /// [`crate::Balancer::start`] does. Must be called inside a tokio
+    /// runtime.
     pub fn start(config: Config) -> Arc<Pool> {
         let config = Arc::new(config);
         let sources = Sources::new(Arc::clone(&config));
@@ -153,7 +156,6 @@ impl Pool {
         });
         pool.start_monitors(&fresh);
         pool.sync_discovery(&pool.lock_sources());
-        crate::registry::spawn_expiry(&pool);
         pool
     }
 
