@@ -1,7 +1,8 @@
 //! Starts and stops the DNS discovery of the pools that have a `discover`
 //! name ([`crate::discover`] resolves and watches), and hands what it
-//! finds to the table's one reconciliation ([`Pool::update`]), as SIGHUP
-//! and registrations do.
+//! finds to an [`Apply`] step the table gives it: [`crate::pool`]'s, which
+//! goes through the table's one reconciliation, as SIGHUP and
+//! registrations do.
 //!
 //! One task per discovering pool, keyed by the pool's name, its target and
 //! its period: a reload that keeps all three keeps the task (and its last
@@ -11,13 +12,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Discover, Dns};
 use crate::discover::{self, Discovery, Resolver};
-use crate::pool::Pool;
 use crate::sources::Sources;
+
+/// What a discovery task does with a new set of addresses for the pool
+/// named by the first argument; `false` (the task stops) once the table or
+/// that pool is gone.
+pub type Apply = Arc<dyn Fn(&str, Vec<SocketAddr>) -> bool + Send + Sync>;
 
 /// The running discovery tasks of a table.
 #[derive(Debug, Default)]
@@ -32,8 +37,9 @@ pub struct Tasks {
 impl Tasks {
     /// Makes the running tasks match `sources`' configuration: starts the
     /// missing ones, replaces the changed ones, drops the others. Called
-    /// by the reconciliation, with the table's lock held.
-    pub(crate) fn sync(&mut self, pool: &Weak<Pool>, sources: &Sources) {
+    /// by the reconciliation, with the table's lock held; new tasks hand
+    /// their answers to `apply`.
+    pub(crate) fn sync(&mut self, apply: &Apply, sources: &Sources) {
         let config = &sources.config;
         let wanted: Vec<_> = config
             .pools
@@ -63,7 +69,8 @@ impl Tasks {
             if self.running.contains_key(name) {
                 continue;
             }
-            let apply = applier(pool.clone(), name.clone());
+            let (apply, pool) = (Arc::clone(apply), name.clone());
+            let apply = move |addrs| apply(&pool, addrs);
             let task = discover::spawn(
                 Arc::clone(&resolver),
                 name.clone(),
@@ -77,30 +84,8 @@ impl Tasks {
     }
 }
 
-/// What a discovery task does with a new set of addresses: hand it to the
-/// reconciliation as the pool's discovered members. `false` (stop) once
-/// the table or the pool is gone.
-fn applier(pool: Weak<Pool>, name: String) -> impl FnMut(Vec<SocketAddr>) -> bool + Send {
-    move |addrs| {
-        let Some(pool) = pool.upgrade() else {
-            return false;
-        };
-        let mut known = true;
-        pool.update(|s| {
-            if s.pool_index(&name).is_none() {
-                known = false;
-                return false;
-            }
-            tracing::info!(pool = %name, "DNS discovery: {} backend(s): {}", addrs.len(), list(&addrs));
-            let old = s.discovered.insert(name.clone(), addrs.clone());
-            old.as_ref() != Some(&addrs)
-        });
-        known
-    }
-}
-
-/// `addrs`, comma-separated, cut after 8.
-fn list(addrs: &[SocketAddr]) -> String {
+/// `addrs`, comma-separated, cut after 8 (for the log).
+pub fn list(addrs: &[SocketAddr]) -> String {
     let mut s: Vec<String> = addrs.iter().take(8).map(ToString::to_string).collect();
     if addrs.len() > 8 {
         s.push(format!("and {} more", addrs.len() - 8));

@@ -226,7 +226,31 @@ impl Pool {
             .discovery
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        tasks.sync(&Arc::downgrade(self), sources);
+        tasks.sync(&self.discovered(), sources);
+    }
+
+    /// What the discovery tasks do with a new set of addresses: hand it to
+    /// the reconciliation as that pool's discovered members. `false` (the
+    /// task stops) once the table or the pool is gone.
+    fn discovered(self: &Arc<Self>) -> discovery::Apply {
+        let pool = Arc::downgrade(self);
+        Arc::new(move |name: &str, addrs: Vec<SocketAddr>| {
+            let Some(pool) = pool.upgrade() else {
+                return false;
+            };
+            let mut known = true;
+            pool.update(|s| {
+                if s.pool_index(name).is_none() {
+                    known = false;
+                    return false;
+                }
+                let list = discovery::list(&addrs);
+                tracing::info!(pool = %name, "DNS discovery: {} backend(s): {list}", addrs.len());
+                let old = s.discovered.insert(name.to_owned(), addrs.clone());
+                old.as_ref() != Some(&addrs)
+            });
+            known
+        })
     }
 
     /// Reads the sources (under the table's lock, so briefly).
