@@ -110,16 +110,6 @@ pub fn check_length(
     Ok(())
 }
 
-/// The client-body error a failed exchange with a backend came from, if
-/// it did: then the client is answered for it, and the backend is not
-/// blamed.
-pub fn client_fault(err: &crate::conns::SendError) -> Option<&BodyError> {
-    match err {
-        crate::conns::SendError::Http(h) => BodyError::find(h),
-        crate::conns::SendError::Connect(_) => None,
-    }
-}
-
 /// How long a request has waited on its client's body, shared between the
 /// body (which counts) and the proxy (which extends the backend's
 /// `request` timeout by it).

@@ -19,7 +19,7 @@ use crate::conns::{self, Lease, SendError};
 use crate::decisions::Asked;
 use crate::error::ProxyError;
 use crate::error_chain::error_chain;
-use crate::limits;
+use crate::limits::{self, BodyError};
 use crate::outcome::Outcome;
 use crate::pool::Tried;
 use crate::request_body::{BodySlot, SlotBody, UpstreamBody};
@@ -214,7 +214,7 @@ fn classify(
     };
     let why = error_chain(&err);
     let outcome = Outcome::of_send_error(&err);
-    let failed = if let Some(client) = limits::body::client_fault(&err) {
+    let failed = if let Some(client) = client_fault(&err) {
         fail(client.into(), Failure::Final)
     } else if let Outcome::ConnectFailed { .. } | Outcome::Saturated = outcome {
         let unsent = if body_sent {
@@ -230,4 +230,14 @@ fn classify(
         )
     };
     (outcome, Some(why), failed)
+}
+
+/// The client-body error a failed exchange with a backend came from, if
+/// it did: then the client is answered for it, and the backend is not
+/// blamed.
+fn client_fault(err: &SendError) -> Option<&BodyError> {
+    match err {
+        SendError::Http(h) => BodyError::find(h),
+        SendError::Connect(_) => None,
+    }
 }
