@@ -46,7 +46,9 @@
 //!   time arithmetic on configured durations that saturates, never panics.
 //! - [`compress`]: the compression decision and streaming encoders.
 //! - [`limits`]: caps and timeouts against hostile clients (connections,
-//!   request rate, request bodies, slow readers, idle tunnels).
+//!   request rate, request bodies, slow readers, idle tunnels);
+//!   [`tunnel`]: an upgraded connection (WebSocket), its bytes copied
+//!   both ways until it closes or idles out.
 //! - [`error`]: proxy errors and their status codes; [`error_chain`]: an
 //!   error and its causes on one line.
 //! - [`metrics`]: the one metrics registry; each owner defines its families.
@@ -94,6 +96,7 @@ pub mod server;
 pub mod slow_start;
 pub mod sources;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod workers;
 

@@ -13,7 +13,7 @@
 //!   streams upstream ([`body`]).
 //! - Responses: `[timeouts] send`, a client that stops reading ([`send`]).
 //! - Tunnels: `[timeouts] tunnel`, an upgraded connection idle both ways
-//!   ([`tunnel`]).
+//!   ([`crate::tunnel`], which counts into [`Rejected`] here).
 //!
 //! Every rejection is counted in [`Rejected`], which `/metrics` shows as
 //! `lb_limited_total{reason=...}`.
@@ -27,7 +27,6 @@ mod metrics;
 mod per_ip;
 pub mod rate;
 pub mod send;
-pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};

@@ -27,7 +27,7 @@ use crate::compress;
 use crate::error::ProxyError;
 use crate::limits;
 use crate::limits::body::BodyLimits;
-use crate::limits::tunnel::ClientUpgrade;
+use crate::tunnel::ClientUpgrade;
 pub use crate::peer::Peer;
 use crate::pool::{Pool, Snapshot, Tried};
 use crate::upstream::Upstream;

@@ -10,7 +10,7 @@ use crate::backend::InFlight;
 use crate::body::{Guarded, ProxyBody};
 use crate::compress::{self, Compressed, Decision};
 use crate::conns::{Lease, ResponseBody};
-use crate::limits::tunnel::{self, ClientUpgrade};
+use crate::tunnel::{self, ClientUpgrade};
 
 use super::rewrite::strip_hop_by_hop;
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::ConnSlot;
 use crate::backend::InFlight;
+use crate::limits::{ConnSlot, Limiter};
 
 /// The client's side of an `Upgrade` request, for the tunnel that follows
 /// a `101`.
@@ -31,8 +31,8 @@ pub struct ClientUpgrade {
     /// `[timeouts] tunnel`.
     pub idle: Duration,
     /// The connection outlives its HTTP connection and keeps counting
-    /// against the connection limits ([`super::Limiter::hold`]).
-    pub limiter: Arc<super::Limiter>,
+    /// against the connection limits ([`Limiter::hold`]).
+    pub limiter: Arc<Limiter>,
     /// The client.
     pub peer: SocketAddr,
 }
