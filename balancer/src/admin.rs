@@ -42,7 +42,7 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
-            accepted = crate::server::accept(&listener) => accepted,
+            accepted = crate::listener::accept(&listener) => accepted,
             () = &mut shutdown => return,
         };
         conn::spawn(stream, Arc::clone(&pool));

@@ -5,6 +5,8 @@
 //! HTTP or runs its TLS handshake first, and its requests learn what they
 //! came over from the connection's [`ConnInfo`].
 
+mod backoff;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -73,15 +75,15 @@ impl Listeners {
 
     /// The next connection on any listener, with its kind. Out of file
     /// descriptors and the like, each listener backs off on its own (see
-    /// [`server::accept`]).
+    /// [`accept`]).
     async fn accept_any(&self) -> (TcpStream, SocketAddr, Kind) {
         let Some(tls) = &self.tls else {
-            let (stream, peer) = server::accept(&self.plain).await;
+            let (stream, peer) = accept(&self.plain).await;
             return (stream, peer, Kind::Plain);
         };
         tokio::select! {
-            (stream, peer) = server::accept(&self.plain) => (stream, peer, Kind::Plain),
-            (stream, peer) = server::accept(tls) => (stream, peer, Kind::Tls),
+            (stream, peer) = accept(&self.plain) => (stream, peer, Kind::Plain),
+            (stream, peer) = accept(tls) => (stream, peer, Kind::Tls),
         }
     }
 
@@ -95,6 +97,22 @@ impl Listeners {
             }
         }
         self
+    }
+}
+
+/// The next connection on `listener`. Out of file descriptors and the
+/// like: it backs off briefly rather than spin (the listener itself stays
+/// usable) and tries again, logging at most once a second. Every listener
+/// (client and admin) accepts through this.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                backoff::accept_failed(listener, &e);
+                tokio::time::sleep(backoff::PAUSE).await;
+            }
+        }
     }
 }
 

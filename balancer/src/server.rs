@@ -14,7 +14,6 @@
 //! TLS connections (`tls`) run their handshake first, then are served as
 //! HTTP/2 or HTTP/1.1 as ALPN chose, on hyper for their whole life.
 
-mod backoff;
 mod h1;
 mod io;
 mod parse_errors;
@@ -36,7 +35,7 @@ use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -80,22 +79,6 @@ pub(crate) async fn serve(
     }
     drop(listeners);
     drain(&pool, stop).await;
-}
-
-/// The next connection on `listener`. Out of file descriptors and the
-/// like: it backs off briefly rather than spin (the listener itself stays
-/// usable) and tries again, logging at most once a second. Every listener
-/// (client and admin) accepts through this.
-pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(e) => {
-                backoff::accept_failed(listener, &e);
-                tokio::time::sleep(backoff::PAUSE).await;
-            }
-        }
-    }
 }
 
 /// Serves `stream` in a task of its own on the current runtime; `stop`
@@ -555,6 +538,8 @@ impl IdleCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tokio::net::TcpListener;
 
     /// A hibernating HTTP/1 connection is its task and tokio's registration
     /// of its socket, so the task's future must stay small: a hyper
