@@ -4,9 +4,9 @@
 //!
 //! - [`config`]: `lb.toml` → a validated, typed [`Config`].
 //! - [`listener`]: the plain and TLS listeners, accepting apart from
-//!   serving; [`tls`]: certificates (SNI), the rustls configuration, the
+//!   serving (backing off when out of file descriptors); [`tls`]: certificates (SNI), the rustls configuration, the
 //!   swap on reload.
-//! - [`server`]: accepts client connections (HTTP/1.1 and HTTP/2), idle
+//! - [`server`]: serves the accepted connections (HTTP/1.1 and HTTP/2), idle
 //!   timeouts, graceful drain; idle HTTP/1.1 keep-alive connections
 //!   hibernate as bare sockets between requests; [`workers`]: the same on
 //!   N threads, one single-threaded runtime each.

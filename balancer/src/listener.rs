@@ -4,6 +4,9 @@
 //! server (on the accepting runtime or a worker's) then serves it as plain
 //! HTTP or runs its TLS handshake first, and its requests learn what they
 //! came over from the connection's [`ConnInfo`].
+//!
+//! Every listener, the admin one too, accepts through [`accept`], which
+//! backs off when out of file descriptors (`backoff`).
 
 mod backoff;
 
@@ -11,11 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::limits::{ConnSlot, Limiter};
-use crate::pool::Pool;
-use crate::server;
 use crate::tls::{Terminator, TlsInfo};
 
 /// The client listeners a balancer serves.
@@ -113,23 +113,5 @@ pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
                 tokio::time::sleep(backoff::PAUSE).await;
             }
         }
-    }
-}
-
-/// Serves a connection accepted on a listener of `kind`, in a task on the
-/// current runtime; `stop` tells it to close (see [`server::drain`]).
-pub(crate) fn spawn(
-    stream: TcpStream,
-    peer: SocketAddr,
-    kind: Kind,
-    slot: ConnSlot,
-    pool: &Arc<Pool>,
-    terminator: Option<&Arc<Terminator>>,
-    stop: &watch::Sender<()>,
-) {
-    match (kind, terminator) {
-        (Kind::Plain, _) => server::spawn_connection(stream, peer, slot, pool, stop),
-        (Kind::Tls, Some(t)) => server::spawn_tls_connection(stream, peer, slot, pool, t, stop),
-        (Kind::Tls, None) => {}
     }
 }

@@ -1,6 +1,7 @@
-//! The client-facing listener: accepts connections, tells HTTP/2 (prior
-//! knowledge) from HTTP/1.1 by the first bytes, serves each on hyper,
-//! closes idle connections, and drains gracefully on shutdown.
+//! The client-facing server: takes each connection [`crate::listener`]
+//! accepts, serves it by the [`Kind`] of its listener ([`spawn`]), tells
+//! HTTP/2 (prior knowledge) from HTTP/1.1 by the first bytes, serves each
+//! on hyper, closes idle connections, and drains gracefully on shutdown.
 //!
 //! Each client connection counts against `[limits]` from accept to close
 //! (see [`crate::limits`]); its one timer also runs the send timeout.
@@ -42,7 +43,7 @@ use tokio::time::{Instant, Sleep};
 use crate::deadline;
 use crate::limits::send::SendWatch;
 use crate::limits::{CloseConnection, ConnSlot};
-use crate::listener::{self, ConnInfo, Listeners};
+use crate::listener::{ConnInfo, Kind, Listeners};
 use crate::pool::Pool;
 use crate::proxy;
 use crate::tls::{Terminator, TlsInfo};
@@ -72,13 +73,31 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             (stream, peer, kind, slot) = listeners.accept(&pool.limiter) => {
-                listener::spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop);
+                spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop);
             }
             () = &mut shutdown => break,
         }
     }
     drop(listeners);
     drain(&pool, stop).await;
+}
+
+/// Serves a connection accepted on a listener of `kind`, in a task on the
+/// current runtime; `stop` tells it to close (see [`drain`]).
+pub(crate) fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    slot: ConnSlot,
+    pool: &Arc<Pool>,
+    terminator: Option<&Arc<Terminator>>,
+    stop: &watch::Sender<()>,
+) {
+    match (kind, terminator) {
+        (Kind::Plain, _) => spawn_connection(stream, peer, slot, pool, stop),
+        (Kind::Tls, Some(t)) => spawn_tls_connection(stream, peer, slot, pool, t, stop),
+        (Kind::Tls, None) => {}
+    }
 }
 
 /// Serves `stream` in a task of its own on the current runtime; `stop`

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::ConnSlot;
-use crate::listener::{self, Kind, Listeners};
+use crate::listener::{Kind, Listeners};
 use crate::pool::Pool;
 use crate::server;
 use crate::tls::Terminator;
@@ -124,7 +124,7 @@ async fn work(
     while let Some((stream, peer, kind, slot)) = queue.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                listener::spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop)
+                server::spawn(stream, peer, kind, slot, &pool, terminator.as_ref(), &stop)
             }
             Err(e) => tracing::debug!(%peer, "cannot take the connection: {e}"),
         }
