@@ -27,9 +27,9 @@ use crate::compress;
 use crate::error::ProxyError;
 use crate::limits;
 use crate::limits::body::BodyLimits;
-use crate::tunnel::ClientUpgrade;
 pub use crate::peer::Peer;
 use crate::pool::{Pool, Snapshot, Tried};
+use crate::tunnel::ClientUpgrade;
 use crate::upstream::Upstream;
 
 mod attempt;
