@@ -14,6 +14,7 @@
 //! hold `Weak` references and stop by themselves once their backend has
 //! left the table or the pool is gone.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -335,9 +336,19 @@ fn build(
     let config = &sources.config;
     let mut fresh = Vec::new();
     let desired = sources.desired();
+    let before: HashMap<SocketAddr, &Arc<Backend>> = old
+        .map(|o| o.backends.iter().map(|b| (b.addr, b)).collect())
+        .unwrap_or_default();
     let upstreams: Vec<Upstream> = desired
         .into_iter()
-        .map(|d| upstream(d, config, old, baselines, &mut fresh))
+        .map(|d| {
+            let carried = old
+                .and_then(|o| o.upstream(&d.name))
+                .map_or_else(Arc::default, |u| Arc::clone(u.carried()));
+            let running = old.is_some();
+            let backends = members(&d, config, &before, running, baselines, &mut fresh);
+            Upstream::new(d.name, d.strategy, d.health_path, backends, carried)
+        })
         .collect();
     let router = Router::new(&config.routes, |name| sources.pool_index(name).unwrap_or(0));
     let backends = upstreams
@@ -353,54 +364,47 @@ fn build(
     (snapshot, fresh)
 }
 
-/// One upstream as `d` describes it, its members carried over from `old`
-/// where they were there already (new ones are pushed to `fresh`).
-fn upstream(
-    d: Desired,
+/// The members `d` describes, each carried over from `before` where it
+/// was there already with the same pool, origin, agent and weight, or
+/// succeeding it (its state inherited) where one of those changed; new
+/// ones (also pushed to `fresh`: they need monitors) ramp up under slow
+/// start when the table is `running` (backends present at start do not,
+/// as in HAProxy).
+fn members(
+    d: &Desired,
     config: &Config,
-    old: Option<&Snapshot>,
+    before: &HashMap<SocketAddr, &Arc<Backend>>,
+    running: bool,
     baselines: &Arc<Baselines>,
     fresh: &mut Vec<Arc<Backend>>,
-) -> Upstream {
+) -> Vec<Arc<Backend>> {
     let (rise, fall) = (config.health.rise, config.health.fall);
-    let backends = d
-        .members
+    let mut joined = |b: Backend| {
+        let b = Arc::new(b);
+        fresh.push(Arc::clone(&b));
+        b
+    };
+    d.members
         .iter()
-        .map(|(cfg, origin)| {
-            let before = old.and_then(|o| o.backends.iter().find(|b| b.addr == cfg.addr));
-            match before {
-                Some(b)
-                    if b.agent == cfg.agent
-                        && b.weight == cfg.weight
-                        && b.pool == d.name
-                        && b.origin == *origin =>
-                {
-                    Arc::clone(b)
+        .map(|(cfg, origin)| match before.get(&cfg.addr) {
+            Some(b)
+                if b.agent == cfg.agent
+                    && b.weight == cfg.weight
+                    && b.pool == d.name
+                    && b.origin == *origin =>
+            {
+                Arc::clone(b)
+            }
+            Some(b) => joined(Backend::succeed(b, cfg).in_pool(Arc::clone(&d.name), *origin)),
+            None => {
+                let b = Backend::new(cfg, rise, fall, baselines);
+                if running {
+                    b.begin_slow_start(tokio::time::Instant::now());
                 }
-                Some(b) => {
-                    let b = Backend::succeed(b, cfg).in_pool(Arc::clone(&d.name), *origin);
-                    let b = Arc::new(b);
-                    fresh.push(Arc::clone(&b));
-                    b
-                }
-                None => {
-                    let b = Backend::new(cfg, rise, fall, baselines);
-                    let b = Arc::new(b.in_pool(Arc::clone(&d.name), *origin));
-                    // Added while running: it ramps up (backends present
-                    // at start do not, as in HAProxy).
-                    if old.is_some() {
-                        b.begin_slow_start(tokio::time::Instant::now());
-                    }
-                    fresh.push(Arc::clone(&b));
-                    b
-                }
+                joined(b.in_pool(Arc::clone(&d.name), *origin))
             }
         })
-        .collect();
-    let carried = old
-        .and_then(|o| o.upstream(&d.name))
-        .map_or_else(Arc::default, |u| Arc::clone(u.carried()));
-    Upstream::new(d.name, d.strategy, d.health_path, backends, carried)
+        .collect()
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ impl Sources {
                 return Some((p.name.clone(), Origin::Listed));
             }
         }
-        for p in &c.pools {
+        for p in c.pools.iter().filter(|p| p.discover.is_some()) {
             if self
                 .discovered
                 .get(&p.name)
@@ -146,7 +146,13 @@ impl Sources {
         }];
         for p in &c.pools {
             let mut members = listed(&p.backends);
-            for &addr in self.discovered.get(&p.name).into_iter().flatten() {
+            // A pool whose `discover` a reload removed keeps no address of
+            // it (its task is stopped by then).
+            let found = self
+                .discovered
+                .get(&p.name)
+                .filter(|_| p.discover.is_some());
+            for &addr in found.into_iter().flatten() {
                 if claimed.insert(addr) {
                     let agent = SocketAddr::new(addr.ip(), c.agent.port);
                     let cfg = BackendConfig {
@@ -192,8 +198,12 @@ impl Sources {
             }
             kept
         });
-        self.discovered
-            .retain(|name, _| config.pools.iter().any(|p| &p.name == name));
+        self.discovered.retain(|name, _| {
+            config
+                .pools
+                .iter()
+                .any(|p| &p.name == name && p.discover.is_some())
+        });
         self.registered.len() != before
     }
 }
@@ -201,7 +211,7 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PoolConfig;
+    use crate::config::{Discover, PoolConfig};
     use std::time::Duration;
 
     fn config() -> Config {
@@ -214,7 +224,10 @@ mod tests {
                 agent: "127.0.0.1:9100".parse().unwrap(),
                 weight: 2,
             }],
-            discover: None,
+            discover: Some(Discover::Host {
+                name: "api.test".into(),
+                port: 3000,
+            }),
             resolve_every: Duration::from_secs(5),
             strategy: Strategy::RoundRobin,
             health_path: "/ready".into(),
@@ -295,5 +308,27 @@ mod tests {
         assert!(s.drop_orphans(), "the registration in pool \"gone\"");
         assert_eq!(s.registered.len(), 2);
         assert!(!s.drop_orphans());
+
+        // A reload that takes `discover` away from the pool takes its
+        // addresses away too; the registration of one of them now joins.
+        let mut config = (*s.config).clone();
+        config.pools[0].discover = None;
+        s.config = Arc::new(config);
+        s.drop_orphans();
+        assert!(s.discovered.is_empty());
+        assert_eq!(
+            addrs(&s.desired()[1]),
+            [
+                ("127.0.0.1:3000".into(), Origin::Listed),
+                ("127.0.0.1:4000".into(), Origin::Registered),
+            ]
+        );
+        assert_eq!(
+            addrs(&s.desired()[0]),
+            [
+                ("127.0.0.1:2000".into(), Origin::Listed),
+                ("127.0.0.1:3002".into(), Origin::Registered),
+            ]
+        );
     }
 }

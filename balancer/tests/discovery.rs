@@ -55,7 +55,12 @@ async fn spread(lb: &Lb, path: &str, n: usize) -> std::collections::BTreeMap<Str
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..n {
         let r = request(Method::GET, &lb.url(path), &[], Bytes::new()).await;
-        assert!(r.headers.contains_key("x-backend"), "{path}: {} {}", r.status, r.text());
+        assert!(
+            r.headers.contains_key("x-backend"),
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
         *seen.entry(r.backend()).or_insert(0) += 1;
     }
     seen
@@ -82,19 +87,31 @@ async fn a_pool_discovered_by_srv_follows_added_and_removed_targets_and_rides_ou
         dns.set_host(&format!("{}.test", h.id), &["127.0.0.1"]);
     }
     let srv = "_http._tcp.api.test";
-    dns.set_srv(srv, &[("a.test", a.addr.port()), ("b.test", b.addr.port())], true);
+    dns.set_srv(
+        srv,
+        &[("a.test", a.addr.port()), ("b.test", b.addr.port())],
+        true,
+    );
     let lb = Lb::start(&config(&default, &dns, &format!("srv:{srv}"))).await;
 
     until_members(&lb, "api", &[a.addr, b.addr]).await;
     let seen = spread(&lb, "/api/x", 10).await;
-    assert_eq!((seen.get("a"), seen.get("b")), (Some(&5), Some(&5)), "{seen:?}");
+    assert_eq!(
+        (seen.get("a"), seen.get("b")),
+        (Some(&5), Some(&5)),
+        "{seen:?}"
+    );
     // The default pool keeps its own backend.
     assert_eq!(spread(&lb, "/", 3).await.get("default"), Some(&3));
 
     // A target added: it joins, through slow start and probes.
     dns.set_srv(
         srv,
-        &[("a.test", a.addr.port()), ("b.test", b.addr.port()), ("c.test", c.addr.port())],
+        &[
+            ("a.test", a.addr.port()),
+            ("b.test", b.addr.port()),
+            ("c.test", c.addr.port()),
+        ],
         true,
     );
     until_members(&lb, "api", &[a.addr, b.addr, c.addr]).await;
@@ -117,7 +134,11 @@ async fn a_pool_discovered_by_srv_follows_added_and_removed_targets_and_rides_ou
     dns.set_servfail(false);
 
     // A target removed: it leaves, and requests keep succeeding meanwhile.
-    dns.set_srv(srv, &[("b.test", b.addr.port()), ("c.test", c.addr.port())], true);
+    dns.set_srv(
+        srv,
+        &[("b.test", b.addr.port()), ("c.test", c.addr.port())],
+        true,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while members(&lb, "api").await.len() != 2 {
         spread(&lb, "/api/x", 3).await;
@@ -154,7 +175,11 @@ async fn a_name_and_port_gives_every_address_and_empties_only_after_three_not_fo
     let lb = Lb::start(&config(&default, &dns, &format!("web.test:{port}"))).await;
     until_members(&lb, "api", &[first.addr, second.addr]).await;
     let seen = spread(&lb, "/api/", 10).await;
-    assert_eq!((seen.get("two"), seen.get("three")), (Some(&5), Some(&5)), "{seen:?}");
+    assert_eq!(
+        (seen.get("two"), seen.get("three")),
+        (Some(&5), Some(&5)),
+        "{seen:?}"
+    );
 
     // NXDOMAIN: held for two lookups, applied at the third.
     let asked = dns.queries();
@@ -165,7 +190,11 @@ async fn a_name_and_port_gives_every_address_and_empties_only_after_three_not_fo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Each lookup asks for A and AAAA: three lookups, at least 6 queries.
-    assert!(dns.queries() >= asked + 6, "emptied after {} queries", dns.queries() - asked);
+    assert!(
+        dns.queries() >= asked + 6,
+        "emptied after {} queries",
+        dns.queries() - asked
+    );
     let r = request(Method::GET, &lb.url("/api/"), &[], Bytes::new()).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(!r.text().contains("127.0.0."), "{}", r.text());

@@ -3,7 +3,7 @@
 //! and its SIGTERM) announces a real backend to the real balancer, which
 //! probes it, polls the agent and sends it traffic; when the agent stops,
 //! the backend is drained and leaves the table, and no client request
-//! fails at any point.
+//! fails at any point (with retries off, so that none could be hidden).
 
 mod support;
 
@@ -132,10 +132,10 @@ impl Traffic {
 async fn a_backend_appears_with_its_agent_takes_traffic_and_leaves_with_it_without_a_failed_request(
 ) {
     let listed = Host::start("listed");
-    let joining = Host::start("joining");
+    let mut joining = Host::start("joining");
     let toml = format!(
         "backends = [{{ addr = \"{}\", agent = \"127.0.0.1:1\" }}]\n\
-         [balance]\nstrategy = \"round-robin\"\n\
+         [balance]\nstrategy = \"round-robin\"\nretries = 0\n\
          [health]\ninterval = \"100ms\"\n[agent]\ninterval = \"100ms\"\n\
          [[pool]]\nname = \"web\"\nbackends = [{{ addr = \"{}\", agent = \"127.0.0.1:1\" }}]\n\
          strategy = \"round-robin\"\n\
@@ -155,7 +155,13 @@ async fn a_backend_appears_with_its_agent_takes_traffic_and_leaves_with_it_witho
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let s = lb.status().await;
-        let b = backend_status(&s, joining.addr);
+        let b = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["addr"] == joining.addr.to_string())
+            .cloned()
+            .unwrap_or_default();
         // Registered, probed healthy, its agent polled: load known.
         if b["origin"] == "registered" && b["healthy"] == true && !b["cpu"].is_null() {
             assert_eq!(b["pool"], "web", "{b}");
@@ -169,11 +175,16 @@ async fn a_backend_appears_with_its_agent_takes_traffic_and_leaves_with_it_witho
     // for many times the three-missed window.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = lb.status().await;
-    let served = backend_status(&s, joining.addr)["requests"].as_u64().unwrap();
+    let served = backend_status(&s, joining.addr)["requests"]
+        .as_u64()
+        .unwrap();
     assert!(served >= 10, "{s}");
 
-    // SIGTERM: the agent withdraws it; the balancer drains it first.
+    // SIGTERM: the agent withdraws it; the balancer drains it first. Then
+    // its host goes down, as a host being shut down does: with no retries
+    // configured, any request still sent there would fail.
     agent.stop().await;
+    joining.kill();
     let s = lb.status().await;
     assert!(
         s["backends"]

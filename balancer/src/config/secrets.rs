@@ -89,9 +89,12 @@ impl super::Config {
             "agent reports not authenticated (no [agent] key_file)"
         };
         let admin = if self.admin.token.is_some() {
-            "admin changes need the bearer token"
+            format!(
+                "admin changes need the bearer token (registrations too; they heartbeat every {})",
+                humantime::format_duration(self.admin.heartbeat)
+            )
         } else {
-            "admin changes disabled (no [admin] token_file)"
+            "admin changes disabled (no [admin] token_file; no registrations either)".to_owned()
         };
         format!("{agents}; {admin}")
     }
