@@ -462,7 +462,7 @@ impl Failure {
             401 => " (wrong token: --token-file must hold the balancer's [admin] token_file)",
             403 => " (the balancer has no [admin] token_file, so it accepts no registrations)",
             404 => " (unknown --pool, or a balancer without registration)",
-            409 => " (that address belongs to a pool listed in the balancer's lb.toml)",
+            409 => " (that address is already the balancer's: listed in its lb.toml or found by its DNS discovery)",
             _ => "",
         }
     }

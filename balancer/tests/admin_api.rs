@@ -16,19 +16,9 @@ use tokio::net::TcpListener;
 
 const TOKEN: &str = "YWRtaW4tYXBpLXRlc3RzLW9ubHk";
 
-/// The token file, in a directory of this test binary's own, written once:
-/// tests run in parallel, and rewriting it would let one test's config
-/// read it while another's write has just truncated it.
+/// The admin token file ([`support::token_file`]).
 fn token_file() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("balancer-admin-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("admin.token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        path
-    })
-    .clone()
+    support::token_file(TOKEN)
 }
 
 /// A balancer in this runtime, round robin over `hosts` (with `weights`),

@@ -20,20 +20,9 @@ use support::{backend_status, get, FakeAgent, Host, Lb, Resp, Seq};
 
 const TOKEN: &str = "cmVnaXN0cmF0aW9uLXRlc3RzLW9ubHk";
 
-/// The token file, in a directory of this test binary's own, written once
-/// (tests run in parallel; rewriting it could let one test's config read
-/// it truncated).
+/// The admin token file ([`support::token_file`]).
 fn token_file() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("balancer-registration-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("admin.token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        path
-    })
-    .clone()
+    support::token_file(TOKEN)
 }
 
 /// `lb.toml` (without `[admin]`): round robin over `listed` (agents

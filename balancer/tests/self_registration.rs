@@ -19,17 +19,9 @@ use tokio::net::TcpListener;
 
 const TOKEN: &str = "c2VsZi1yZWdpc3RyYXRpb24tZW5kLXRvLWVuZA";
 
-/// The token file, written once for this test binary.
+/// The admin token file ([`support::token_file`]).
 fn token_file() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("balancer-selfreg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("admin.token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        path
-    })
-    .clone()
+    support::token_file(TOKEN)
 }
 
 /// A running agent that registered `backend` with the balancer at

@@ -36,13 +36,9 @@ async fn agent(cpu: f64) -> std::net::SocketAddr {
 
 const TOKEN: &str = "c3RhdHVzLXBhZ2UtdGVzdHMtb25seQ";
 
-/// The admin token file, in a directory of this test binary's own.
+/// The admin token file ([`support::token_file`]).
 fn token_file() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("balancer-status-page-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("admin.token");
-    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    path
+    support::token_file(TOKEN)
 }
 
 /// The rows of the backends table, as the page shows them.

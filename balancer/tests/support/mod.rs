@@ -934,3 +934,21 @@ pub async fn scripted_backend(script: Vec<Step>) -> SocketAddr {
     });
     addr
 }
+
+/// A file holding `token` (and a newline), written once per test binary
+/// and token, in a directory of this process's own: tests run in
+/// parallel, and rewriting the file could let one test's config read it
+/// while another's write has just truncated it.
+pub fn token_file(token: &str) -> std::path::PathBuf {
+    static FILES: Mutex<Vec<(String, std::path::PathBuf)>> = Mutex::new(Vec::new());
+    let mut files = FILES.lock().unwrap();
+    if let Some((_, path)) = files.iter().find(|(t, _)| t == token) {
+        return path.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("balancer-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("token-{}", files.len()));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    files.push((token.to_owned(), path.clone()));
+    path
+}
