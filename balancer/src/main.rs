@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!(
+        // Written, not `println!`: a reader that stops early (`| head`)
+        // closes the pipe, which is no reason to panic.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
             "{}: configuration ok\n{}",
             args.config.display(),
             config.summary()
