@@ -247,6 +247,11 @@ impl Pool {
                 }
                 let list = discovery::list(&addrs);
                 tracing::info!(pool = %name, "DNS discovery: {} backend(s): {list}", addrs.len());
+                // A registration of an address DNS now names gives way
+                // (discovered beats registered): say so, once per answer.
+                for addr in addrs.iter().filter(|a| s.registered.contains_key(a)) {
+                    tracing::warn!(backend = %addr, pool = %name, "registered backend is now found by DNS discovery: the DNS entry wins, its registration is ignored while DNS names it");
+                }
                 let old = s.discovered.insert(name.to_owned(), addrs.clone());
                 old.as_ref() != Some(&addrs)
             });
