@@ -437,7 +437,7 @@ mod tests {
     }
 
     /// Which backends of the default pool 2000 picks reach.
-    fn reached(_pool: &Pool, snap: &Snapshot) -> Vec<bool> {
+    fn reached(snap: &Snapshot) -> Vec<bool> {
         let mut seen = vec![false; snap.backends.len()];
         let mut rng = fastrand::Rng::with_seed(5);
         for _ in 0..2000 {
@@ -449,7 +449,7 @@ mod tests {
         seen
     }
 
-    fn fail(_pool: &Pool, snap: &Snapshot, i: usize, times: usize) {
+    fn fail(snap: &Snapshot, i: usize, times: usize) {
         for _ in 0..times {
             let outcome = Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR);
             snap.upstreams[0].report(&snap.config, i, outcome, None);
@@ -461,27 +461,27 @@ mod tests {
         let pool = pool(4, "[balance]\nstrategy = \"random\"\n");
         let snap = pool.snapshot();
         let now = tokio::time::Instant::now;
-        fail(&pool, &snap, 0, 4);
+        fail(&snap, 0, 4);
         assert!(!snap.backends[0].is_ejected(now()), "4 of 5 failures");
-        fail(&pool, &snap, 0, 1);
+        fail(&snap, 0, 1);
         assert!(snap.backends[0].is_ejected(now()));
-        assert_eq!(reached(&pool, &snap), [false, true, true, true]);
+        assert_eq!(reached(&snap), [false, true, true, true]);
 
         // A second: 2 of 4 out is the 50 % limit. A third would pass it.
-        fail(&pool, &snap, 1, 5);
-        fail(&pool, &snap, 2, 50);
+        fail(&snap, 1, 5);
+        fail(&snap, 2, 50);
         let ejected: Vec<bool> = snap.backends.iter().map(|b| b.is_ejected(now())).collect();
         assert_eq!(ejected, [true, true, false, false]);
-        assert_eq!(reached(&pool, &snap), [false, false, true, true]);
+        assert_eq!(reached(&snap), [false, false, true, true]);
         assert!(!snap.in_panic());
 
         // One more out by health: 3 of 4, over the limit. Panic: the
         // ejected take traffic again, the down one stays out.
         snap.backends[3].mark_down();
         assert!(snap.in_panic());
-        assert_eq!(reached(&pool, &snap), [true, true, true, false]);
+        assert_eq!(reached(&snap), [true, true, true, false]);
         // And nothing more is ejected meanwhile.
-        fail(&pool, &snap, 2, 10);
+        fail(&snap, 2, 10);
         assert!(!snap.backends[2].is_ejected(now()));
     }
 
@@ -492,35 +492,35 @@ mod tests {
         let snap = pool.snapshot();
         snap.backends[0].rotation.set(AdminState::Disabled);
         snap.backends[1].rotation.set(AdminState::Draining);
-        assert_eq!(reached(&pool, &snap), [false, false, true, true]);
+        assert_eq!(reached(&snap), [false, false, true, true]);
         // Failures of its last requests do not eject a backend out of
         // rotation (it is out already, and would take the room of another).
-        fail(&pool, &snap, 0, 20);
+        fail(&snap, 0, 20);
         assert!(!snap.backends[0].is_ejected(tokio::time::Instant::now()));
         // One of the two in rotation ejected: 50 %, within the limit, no
         // panic (the two in maintenance are not failures).
-        fail(&pool, &snap, 2, 5);
+        fail(&snap, 2, 5);
         assert!(snap.backends[2].is_ejected(tokio::time::Instant::now()));
         assert!(!snap.in_panic());
-        assert_eq!(reached(&pool, &snap), [false, false, false, true]);
+        assert_eq!(reached(&snap), [false, false, false, true]);
         // The other down: panic. The ejected one takes traffic again; the
         // operator's two stay out.
         snap.backends[3].mark_down();
         assert!(snap.in_panic());
-        assert_eq!(reached(&pool, &snap), [false, false, true, false]);
+        assert_eq!(reached(&snap), [false, false, true, false]);
     }
 
     #[tokio::test]
     async fn a_one_backend_pool_is_never_ejected_from_and_zero_turns_it_off() {
         let one = pool(1, "");
         let snap = one.snapshot();
-        fail(&one, &snap, 0, 20);
+        fail(&snap, 0, 20);
         assert!(!snap.backends[0].is_ejected(tokio::time::Instant::now()));
-        assert_eq!(reached(&one, &snap), [true]);
+        assert_eq!(reached(&snap), [true]);
 
         let off = pool(2, "[outlier]\nconsecutive_failures = 0\n");
         let snap = off.snapshot();
-        fail(&off, &snap, 0, 100);
+        fail(&snap, 0, 100);
         assert_eq!(
             snap.backends[0].ejection(tokio::time::Instant::now()),
             (None, 0)
